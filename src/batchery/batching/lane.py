@@ -1,0 +1,92 @@
+"""A lane: one worker thread owning one model instance, computing one batch at a time.
+
+The event loop hands a lane a batch with a non-blocking `put`; the lane hands the result back with one
+`call_soon_threadsafe` per batch. Runtimes that release the GIL (ONNX Runtime, PyTorch, tokenizers) compute
+in parallel with the loop's HTTP work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from batchery.batching.records import Batch, BatchResult
+from batchery.cores import granted
+from batchery.errors import PredictError
+
+_STOP = object()
+
+
+class Lane:
+    """Runs `setup`, warm-up and batches for one model instance on its own thread."""
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        name: str,
+        loop: asyncio.AbstractEventLoop,
+        on_result: Callable[[Lane, BatchResult], None],
+    ) -> None:
+        self.model = model
+        self.name = name
+        self._loop = loop
+        self._on_result = on_result
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+        """Run `fn` on the lane's thread (set-up, warm-up, reload), between batches."""
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._inbox.put((fn, done))
+        return done
+
+    def compute(self, batch: Batch) -> None:
+        """Queue `batch`; its result comes back through `on_result` on the event loop."""
+        self._inbox.put(batch)
+
+    def stop(self) -> None:
+        """Finish what is queued, then end the thread."""
+        self._inbox.put(_STOP)
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            job = self._inbox.get()
+            if job is _STOP:
+                return
+            if isinstance(job, Batch):
+                result = self._compute(job)
+                self._loop.call_soon_threadsafe(self._on_result, self, result)
+                continue
+            fn, done = job
+            try:
+                done.set_result(fn())
+            except BaseException as exc:
+                done.set_exception(exc)
+
+    def _compute(self, batch: Batch) -> BatchResult:
+        model = self.model
+        started = time.perf_counter()
+        try:
+            with granted(batch.cores):
+                outputs = model.predict(batch.payloads)
+            if not isinstance(outputs, list | tuple) or len(outputs) != len(batch.payloads):
+                got = len(outputs) if isinstance(outputs, list | tuple) else type(outputs).__name__
+                raise PredictError(
+                    f"model '{self.name}' returned {got} outputs for a batch of {len(batch.payloads)} inputs. "
+                    "Hint: predict must return a list with one output per input, in order"
+                )
+            encode = model.encode_response
+            encoded = [encode(output) for output in outputs]
+        except Exception as exc:
+            return BatchResult(batch, None, exc, time.perf_counter() - started)
+        return BatchResult(batch, encoded, None, time.perf_counter() - started)

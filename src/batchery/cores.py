@@ -1,0 +1,39 @@
+"""CPU core accounting: how many cores this process may use, and how many the current batch was granted.
+
+When every lane of a model is idle and one batch holds all the work, the batcher grants that batch every
+core, so a model whose runtime can widen (more intra-op threads) answers a lone request fastest; under load
+each lane gets its fair share, so lanes never oversubscribe the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_local = threading.local()
+
+
+def available() -> int:
+    """Cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def granted_cores() -> int:
+    """Cores granted to the batch that the calling lane is computing (1 outside a batch)."""
+    return int(getattr(_local, "cores", 1))
+
+
+@contextmanager
+def granted(cores: int) -> Iterator[None]:
+    """Record, for this thread, that the current batch may use `cores` cores."""
+    previous = getattr(_local, "cores", 1)
+    _local.cores = cores
+    try:
+        yield
+    finally:
+        _local.cores = previous

@@ -1,0 +1,49 @@
+"""Turn a target such as `path/to/file.py:MyModel` or `package.module:MyModel` into a model instance."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+from batchery.errors import ConfigError
+
+BUILTIN = {"embedding": "batchery.models.embedding:SentenceEmbedder"}
+
+
+def load_model(target: str) -> Any:
+    """Import the class (or instance) that `target` names and return an instance of it."""
+    target = BUILTIN.get(target, target)
+    module_part, sep, attr = target.rpartition(":")
+    if not sep or not module_part or not attr:
+        raise ConfigError(
+            f"cannot read the model target {target!r}. Hint: write path/to/file.py:ClassName, "
+            f"package.module:ClassName or one of: {', '.join(BUILTIN)}"
+        )
+    module = _import(module_part)
+    try:
+        obj = getattr(module, attr)
+    except AttributeError as exc:
+        raise ConfigError(f"{module_part} has no attribute {attr!r}") from exc
+    return obj() if isinstance(obj, type) else obj
+
+
+def _import(module_part: str) -> Any:
+    if module_part.endswith(".py") or "/" in module_part:
+        path = Path(module_part).resolve()
+        if not path.is_file():
+            raise ConfigError(f"no such file: {path}")
+        name = f"batchery_user_{path.stem}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise ConfigError(f"cannot import {path}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # lets copy.deepcopy and pickling find the class again
+        spec.loader.exec_module(module)
+        return module
+    try:
+        return importlib.import_module(module_part)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import {module_part!r}: {exc}") from exc

@@ -1,0 +1,55 @@
+"""The user contract: load in `setup`, compute a batch in `predict`; everything else has a default."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Model:
+    """Subclass this, or write any class with the same methods and attributes.
+
+    Batching settings live on the model. Each worker owns its own copy of the model, made before `setup`.
+    """
+
+    #: Route name: `POST /v1/models/{name}/predict`. Defaults to the class name in lower case.
+    name: str | None = None
+    #: Label reported in `/v1/models` and the `X-Model-Version` header.
+    version: str = "1"
+    #: Largest number of inputs computed in one `predict` call.
+    max_batch_size: int = 32
+    #: Longest time the first input of a batch may wait for others while a worker is free ("fixed" policy),
+    #: and the cap on waiting under the "adaptive" policy.
+    max_delay_ms: float = 5.0
+    #: "adaptive": a free worker takes what is queued now, batches grow while workers are busy.
+    #: "fixed": flush at `max_batch_size` or when `max_delay_ms` has passed since the first input.
+    batching: str = "adaptive"
+    #: Worker threads, each with its own copy of the model. None: one per CPU core this process may use.
+    workers: int | None = None
+    #: Inputs allowed to wait per worker before new requests get 503 (bounded queue).
+    max_queue_per_worker: int = 256
+    #: True when `predict` can use more threads: a batch that has the machine to itself is granted every
+    #: core; read the grant with `batchery.granted_cores()` (during `setup`, it is the worker's share).
+    elastic: bool = False
+    #: Input used to warm each worker up with a real batch before the server reports ready. None: no warm-up.
+    example: Any = None
+
+    def setup(self, device: str) -> None:
+        """Load the model so it can be called in `predict`."""
+
+    def decode_request(self, item: Any) -> Any:
+        """Turn one JSON input into what `predict` takes; raise ValueError or TypeError for bad input (422)."""
+        return item
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        """Compute one output per input, in order."""
+        raise NotImplementedError("Model.predict must be implemented: it takes a list and returns a list")
+
+    def encode_response(self, output: Any) -> Any:
+        """Turn one output of `predict` into something JSON can carry (numpy arrays are fine)."""
+        return output
+
+
+def model_name(model: Any) -> str:
+    """The route name of `model`: its `name` attribute, else its class name in lower case."""
+    name = getattr(model, "name", None)
+    return str(name) if name else type(model).__name__.lower()

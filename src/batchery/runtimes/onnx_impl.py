@@ -1,0 +1,33 @@
+"""ONNX Runtime sessions sized to the cores a lane is granted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from batchery.errors import ModelLoadError
+
+
+def load(path: Path | str, *, threads: int, device: str = "cpu") -> Any:
+    """An InferenceSession with `threads` intra-op threads and no spinning, so idle lanes cost no CPU."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise ModelLoadError("ONNX models need onnxruntime: `pip install onnxruntime`") from exc
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), sess_options=options, providers=providers(device))
+
+
+def providers(device: str) -> list[str]:
+    """Execution providers for `device`: CUDA first where asked for and installed, the CPU always last."""
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    if device.startswith("cuda") and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]

@@ -1,0 +1,121 @@
+"""Run an app on uvicorn (uvloop + httptools when installed), from Python or the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+import uvicorn
+
+from batchery.app.factory import create_app
+from batchery.config import Settings
+from batchery.engine import Engine
+from batchery.errors import ModelLoadError
+
+log = logging.getLogger("batchery.server")
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn's server with an event set once it listens (uvicorn itself only sets a flag)."""
+
+    def __init__(self, config: uvicorn.Config, listening: asyncio.Event) -> None:
+        super().__init__(config)
+        self.listening = listening
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self.listening.set()
+
+
+class Server:
+    """One serving process: the engine, its app and the HTTP server. `started` is set once it listens."""
+
+    def __init__(self, models: Sequence[Any], settings: Settings | None = None) -> None:
+        self.settings = settings or Settings.load()
+        self.engine = Engine(models, workers=self.settings.workers or None)
+        self.app = create_app(self.engine, self.settings)
+        self.started = asyncio.Event()
+        self.url = ""
+        self.load_error: BaseException | None = None
+        self._uvicorn: uvicorn.Server | None = None
+
+    async def serve(self, sock: socket.socket | None = None) -> int:
+        """Serve until stopped; return the process exit code (1 when a model failed to load)."""
+        if sock is None:
+            sock = bind(self.settings.host, self.settings.port)
+        config = uvicorn.Config(
+            self.app,
+            loop="auto",
+            http="auto",
+            log_level=self.settings.log_level,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=max(1, round(self.settings.drain_seconds)),
+        )
+        server = _Uvicorn(config, self.started)
+        self._uvicorn = server
+        host, port = sock.getsockname()[:2]
+        self.url = f"http://{host}:{port}"
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        listening = asyncio.create_task(self.started.wait())
+        await asyncio.wait([serving, listening], return_when=asyncio.FIRST_COMPLETED)
+        listening.cancel()
+        if server.started:
+            log.info("batchery listening on %s", self.url)
+            loading: asyncio.Task[None] = self.app.state.loading
+            loading.add_done_callback(self._on_loaded)
+        await serving
+        return 1 if self.load_error is not None or not server.started else 0
+
+    def _on_loaded(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None:
+            log.info("batchery is ready on %s", self.url)
+            return
+        self.load_error = error
+        message = error.message if isinstance(error, ModelLoadError) else repr(error)
+        log.error("start-up failed: %s", message)
+        self.stop()
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown: stop accepting, drain, exit."""
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (port 0 picks a free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def serve(*models: Any, host: str | None = None, port: int | None = None, **settings: Any) -> None:
+    """Serve `models` over HTTP until interrupted; exits the process with 1 if a model fails to load."""
+    resolved = Settings.load({"host": host, "port": port, **settings})
+    logging.basicConfig(level=resolved.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not models:
+        from batchery.models.embedding import SentenceEmbedder
+
+        models = (SentenceEmbedder(),)
+    code = _run(Server(models, resolved))
+    if code:
+        raise SystemExit(code)
+
+
+def _run(server: Server) -> int:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(server.serve())
+    return uvloop.run(server.serve())

@@ -1,0 +1,155 @@
+"""The batcher alone: flush rules, bounds, expiry, with fake lanes and no threads."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from batchery.batching.batcher import Batcher
+from batchery.batching.records import Batch, BatchResult
+from batchery.errors import DeadlineExceeded, Overloaded, PredictError
+
+
+class FakeLane:
+    """Records the batches it is given; the test decides when they finish."""
+
+    def __init__(self) -> None:
+        self.batches: list[Batch] = []
+        self.got_batch = asyncio.Event()
+
+    def compute(self, batch: Batch) -> None:
+        self.batches.append(batch)
+        self.got_batch.set()
+
+
+def make(policy: str = "fixed", *, size: int = 4, delay: float = 1000.0, lanes: int = 1, **kw: Any) -> Batcher:
+    batcher = Batcher(
+        "m",
+        max_batch_size=size,
+        max_delay=delay,
+        policy=policy,
+        max_queue=kw.get("max_queue", 100),
+        cores=kw.get("cores", 2),
+        elastic=kw.get("elastic", False),
+    )
+    batcher.attach([FakeLane() for _ in range(lanes)])  # type: ignore[misc]
+    return batcher
+
+
+def lane(batcher: Batcher, index: int = 0) -> FakeLane:
+    return batcher._lanes[index]  # type: ignore[return-value]
+
+
+def submit(batcher: Batcher, *payloads: Any, deadline: float | None = None) -> list[asyncio.Future[Any]]:
+    loop = asyncio.get_running_loop()
+    items = [batcher.new_item(p, loop, deadline) for p in payloads]
+    batcher.submit(items)
+    return [item.future for item in items]
+
+
+def finish(batcher: Batcher, index: int = -1, error: BaseException | None = None) -> None:
+    fake = lane(batcher)
+    batch = fake.batches[index]
+    outputs = None if error else [f"out-{p}" for p in batch.payloads]
+    batcher.on_result(fake, BatchResult(batch, outputs, error, 0.0))  # type: ignore[arg-type]
+
+
+async def test_fixed_policy_flushes_when_the_batch_is_full_despite_a_huge_delay() -> None:
+    batcher = make(size=4, delay=1000.0)
+    submit(batcher, 1, 2, 3)
+    assert lane(batcher).batches == []
+    futures = submit(batcher, 4)
+    assert [b.payloads for b in lane(batcher).batches] == [[1, 2, 3, 4]]
+    finish(batcher)
+    assert [f.result() for f in futures] == ["out-4"]
+
+
+async def test_fixed_policy_flushes_a_partial_batch_after_the_delay() -> None:
+    delay = 0.05
+    batcher = make(size=8, delay=delay)
+    started = time.monotonic()
+    submit(batcher, "a", "b")
+    assert lane(batcher).batches == []
+    await asyncio.wait_for(lane(batcher).got_batch.wait(), 5)
+    assert time.monotonic() - started >= delay * 0.95
+    assert lane(batcher).batches[0].payloads == ["a", "b"]
+
+
+async def test_fixed_policy_delay_counts_from_the_first_request() -> None:
+    batcher = make(size=8, delay=0.1)
+    submit(batcher, "first")
+    first_at = time.monotonic()
+    await asyncio.sleep(0.06)
+    submit(batcher, "second")
+    await asyncio.wait_for(lane(batcher).got_batch.wait(), 5)
+    waited = time.monotonic() - first_at
+    assert 0.095 <= waited < 0.16, waited
+    assert lane(batcher).batches[0].payloads == ["first", "second"]
+
+
+async def test_adaptive_policy_sends_a_lone_request_at_once_and_batches_while_busy() -> None:
+    batcher = make("adaptive", size=4)
+    submit(batcher, 1)
+    assert [b.payloads for b in lane(batcher).batches] == [[1]]
+    submit(batcher, 2, 3, 4, 5, 6)  # the only lane is busy: these queue up
+    assert len(lane(batcher).batches) == 1
+    finish(batcher)
+    assert [b.payloads for b in lane(batcher).batches] == [[1], [2, 3, 4, 5]]
+    finish(batcher)
+    assert lane(batcher).batches[-1].payloads == [6]
+
+
+async def test_full_queue_is_refused_at_once_with_retry_after() -> None:
+    batcher = make("adaptive", size=1, max_queue=2)
+    submit(batcher, "running")
+    submit(batcher, "q1", "q2")
+    with pytest.raises(Overloaded) as info:
+        submit(batcher, "too many")
+    assert info.value.retry_after is not None
+    assert batcher.stats.rejected == 1
+
+
+async def test_expired_items_are_answered_504_and_never_computed() -> None:
+    batcher = make("adaptive", size=4)
+    submit(batcher, "busy")
+    (late,) = submit(batcher, "late", deadline=time.monotonic() - 1)
+    (ok,) = submit(batcher, "ok")
+    finish(batcher)
+    assert lane(batcher).batches[-1].payloads == ["ok"]
+    with pytest.raises(DeadlineExceeded):
+        late.result()
+    assert not ok.done()
+
+
+async def test_cancelled_items_are_skipped() -> None:
+    batcher = make("adaptive", size=4)
+    submit(batcher, "busy")
+    (gone,) = submit(batcher, "gone")
+    submit(batcher, "stays")
+    gone.cancel()
+    finish(batcher)
+    assert lane(batcher).batches[-1].payloads == ["stays"]
+
+
+async def test_a_failed_batch_fails_its_items_with_a_predict_error() -> None:
+    batcher = make("adaptive", size=4)
+    futures = submit(batcher, 1, 2)
+    finish(batcher, error=RuntimeError("boom"))
+    for future in futures:
+        with pytest.raises(PredictError, match="boom"):
+            future.result()
+
+
+async def test_elastic_model_gets_every_core_only_when_alone() -> None:
+    batcher = make("adaptive", size=2, lanes=2, cores=2, elastic=True)
+    submit(batcher, "alone")
+    first = batcher._lanes[1]
+    assert first.batches[0].cores == 2  # type: ignore[attr-defined]
+    submit(batcher, "a", "b", "c")  # the wide batch holds every core: nothing else starts
+    assert lane(batcher, 0).batches == []
+    batcher.on_result(first, BatchResult(first.batches[0], ["x"], None, 0.0))  # type: ignore[arg-type, attr-defined]
+    started = [b for i in range(2) for b in lane(batcher, i).batches[-1:]]
+    assert all(b.cores == 1 for b in started if b.payloads != ["alone"])

@@ -1,0 +1,129 @@
+"""The native protocol over real sockets: routes, bad input, faults, and 1,000 concurrent requests."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import orjson
+import pytest
+
+from batchery._http_client import post_many
+from batchery.testing import EchoModel, FailingModel, SleepModel, WrongCountModel, running_server
+
+
+@pytest.fixture
+async def client() -> httpx.AsyncClient:  # type: ignore[misc]
+    models = [EchoModel(), FailingModel(), WrongCountModel()]
+    async with running_server(models) as server, httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        http.server = server  # type: ignore[attr-defined]
+        yield http
+
+
+async def test_probes_and_model_list(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/health")).json() == {"status": "ok"}
+    assert (await client.get("/ready")).status_code == 200
+    models = (await client.get("/v1/models")).json()["models"]
+    assert {m["name"] for m in models} == {"echo", "failing", "wrongcount"}
+    echo = next(m for m in models if m["name"] == "echo")
+    assert echo["status"] == "ready"
+    assert echo["max_batch_size"] == 64
+    assert echo["version"] == "1"
+
+
+async def test_single_and_list_forms(client: httpx.AsyncClient) -> None:
+    one = await client.post("/v1/models/echo/predict", json={"input": {"x": 1}})
+    assert one.status_code == 200
+    assert one.json() == {"model": "echo", "version": "1", "output": {"x": 1}}
+    assert one.headers["x-model-version"] == "1"
+    many = await client.post("/v1/models/echo/predict", json={"inputs": [1, "two", [3]]})
+    assert many.json()["outputs"] == [1, "two", [3]]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b"[1, 2]", 400, "must be a JSON object"),
+        (b'{"wrong": 1}', 400, '"input" or an "inputs"'),
+        (b'{"inputs": 5}', 422, "must be a list"),
+        (b'{"inputs": []}', 422, "empty"),
+        (b"", 400, "not valid JSON"),
+    ],
+)
+async def test_bad_bodies_get_a_clear_4xx(client: httpx.AsyncClient, body: bytes, status: int, says: str) -> None:
+    response = await client.post("/v1/models/echo/predict", content=body)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert says in error["message"]
+    assert error["code"]
+
+
+async def test_too_many_items_and_too_large_body(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/models/echo/predict", json={"inputs": list(range(257))})
+    assert response.status_code == 413
+    assert "limit is 256" in response.json()["error"]["message"]
+    huge = b'{"input": "' + b"x" * (9 * 1024 * 1024) + b'"}'
+    response = await client.post("/v1/models/echo/predict", content=huge)
+    assert response.status_code == 413
+    assert (await client.post("/v1/models/echo/predict", json={"input": 1})).status_code == 200
+
+
+async def test_unknown_model_is_404(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/models/nope/predict", json={"input": 1})
+    assert response.status_code == 404
+    assert "echo" in response.json()["error"]["message"]
+
+
+async def test_a_failing_predict_fails_only_its_batch_and_the_server_keeps_serving(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/models/failing/predict", json={"input": "fail"})
+    assert response.status_code == 500
+    assert "asked to fail" in response.json()["error"]["message"]
+    for _ in range(3):
+        ok = await client.post("/v1/models/failing/predict", json={"input": "fine"})
+        assert ok.status_code == 200
+        assert ok.json()["output"] == "fine"
+
+
+async def test_wrong_output_count_is_reported(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/models/wrongcount/predict", json={"inputs": [1, 2, 3]})
+    assert response.status_code == 500
+    message = response.json()["error"]["message"]
+    assert "returned 2 outputs for a batch of 3" in message
+    assert "Hint" in message
+
+
+async def test_openapi_docs_list_the_routes(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    assert "/v1/models/{name}/predict" in spec["paths"]
+    assert (await client.get("/docs")).status_code == 200
+
+
+async def test_thousand_concurrent_requests_each_get_their_own_result() -> None:
+    echo = EchoModel()
+    async with running_server([echo], workers=2) as server:
+        payloads = [{"id": i, "text": f"request {i}"} for i in range(1000)]
+        bodies = [orjson.dumps({"input": p}) for p in payloads]
+        responses = await post_many(server.url, "/v1/models/echo/predict", bodies, connections=1000)
+    assert len(responses) == 1000
+    for payload, response in zip(payloads, responses, strict=True):
+        assert response.status == 200, response.body
+        assert orjson.loads(response.body)["output"] == payload
+    sizes = [size for lane in server.engine.handle("echo").lanes for size in lane.model.batch_sizes]
+    assert sum(sizes) >= 1000
+    assert max(sizes) > 1, "no batch of more than one request formed"
+
+
+async def test_queue_full_gives_503_with_retry_after() -> None:
+    slow = SleepModel(0.3)
+    slow.workers = 1
+    slow.max_batch_size = 1
+    slow.max_queue_per_worker = 1
+    async with running_server([slow]) as server, httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        responses = await asyncio.gather(*(http.post("/v1/models/sleep/predict", json={"input": i}) for i in range(6)))
+    statuses = sorted(r.status_code for r in responses)
+    assert 200 in statuses
+    refused = [r for r in responses if r.status_code == 503]
+    assert refused, statuses
+    assert refused[0].headers["retry-after"] == "1"
+    assert refused[0].json()["error"]["code"] == "overloaded"
