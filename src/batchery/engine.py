@@ -21,6 +21,7 @@ from batchery.batching.batcher import POLICIES, Batcher
 from batchery.batching.lane import Lane
 from batchery.errors import ConfigError, InvalidInput, ModelLoadError, ModelNotFound, NotReady
 from batchery.model import model_name
+from batchery.observer import Observer
 
 log = logging.getLogger("batchery.engine")
 
@@ -44,7 +45,15 @@ class ModelInfo:
 class ModelHandle:
     """One served model: its lanes, each with its own instance, and its batcher."""
 
-    def __init__(self, model: Any, *, total_cores: int, workers: int | None = None, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        model: Any,
+        *,
+        total_cores: int,
+        workers: int | None = None,
+        device: str = "cpu",
+        observer: Observer | None = None,
+    ) -> None:
         self.name = model_name(model)
         self.prototype = model
         self.device = device
@@ -66,6 +75,7 @@ class ModelHandle:
             max_queue=int(getattr(model, "max_queue_per_worker", 256)) * self.workers,
             cores=total_cores,
             elastic=self.elastic,
+            observer=observer,
         )
         self.lanes: list[Lane] = []
 
@@ -162,14 +172,19 @@ class Engine:
     """Owns every model's handle; `infer` is the one entry point protocols call."""
 
     def __init__(
-        self, models: Sequence[Any], *, cores_available: int | None = None, workers: int | None = None
+        self,
+        models: Sequence[Any],
+        *,
+        cores_available: int | None = None,
+        workers: int | None = None,
+        observer: Observer | None = None,
     ) -> None:
         if not models:
             raise ConfigError("no model to serve. Hint: pass at least one model")
         total = cores_available or cores.available()
         self.handles: dict[str, ModelHandle] = {}
         for model in models:
-            handle = ModelHandle(model, total_cores=total, workers=workers)
+            handle = ModelHandle(model, total_cores=total, workers=workers, observer=observer)
             if handle.name in self.handles:
                 raise ConfigError(f"two models are named '{handle.name}'; give one a different `name`")
             self.handles[handle.name] = handle

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
-import orjson
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
@@ -17,16 +16,19 @@ from batchery.app.limits import BodyLimit
 from batchery.config import Settings
 from batchery.engine import Engine
 from batchery.errors import BatcheryError
-from batchery.protocols import native
+from batchery.protocols import DEFAULT_PROTOCOLS, Protocol
 from batchery.protocols.responses import error_response, json_response
 
 log = logging.getLogger("batchery.app")
 
 
-def create_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
+def create_app(
+    engine: Engine, settings: Settings | None = None, protocols: Sequence[Protocol] = DEFAULT_PROTOCOLS
+) -> FastAPI:
     """An app that loads `engine`'s models in the background at start-up and drains them at shutdown.
 
     `app.state.loading` is the loading task: `/ready` turns 200 once it has finished without error.
+    Each protocol adapter contributes its routes.
     """
     settings = settings or Settings()
 
@@ -56,19 +58,8 @@ def create_app(engine: Engine, settings: Settings | None = None) -> FastAPI:
             return json_response(b'{"ready":true}')
         return json_response(b'{"ready":false}', 503, {"Retry-After": "1"})
 
-    @app.get("/v1/models", tags=["models"], summary="The served models, their status and batching settings")
-    async def list_models() -> Response:
-        return json_response(orjson.dumps({"models": engine.models()}))
-
-    body_schema = {"required": True, "content": {"application/json": {"schema": native.REQUEST_SCHEMA}}}
-    app.add_api_route(
-        "/v1/models/{name}/predict",
-        native.predict_endpoint(engine, max_items=settings.max_items),
-        methods=["POST"],
-        tags=["models"],
-        summary="Compute outputs for one input or a list of inputs",
-        openapi_extra={"requestBody": body_schema},
-    )
+    for protocol in protocols:
+        app.include_router(protocol.routes(engine, settings))
     return app
 
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from batchery.batching.lane import Lane
 from batchery.batching.records import Batch, BatchResult, Item
 from batchery.errors import DeadlineExceeded, Overloaded, PredictError
+from batchery.observer import NullObserver, Observer
 
 POLICIES = ("adaptive", "fixed")
 
@@ -47,7 +48,7 @@ class Batcher:
         max_queue: int,
         cores: int,
         elastic: bool,
-        on_batch_done: Callable[[BatchResult], None] | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.name = name
         self.max_batch_size = max_batch_size
@@ -57,7 +58,7 @@ class Batcher:
         self.stats = BatcherStats()
         self._cores = cores
         self._elastic = elastic
-        self._on_batch_done = on_batch_done
+        self.observer: Observer = observer or NullObserver()
         self._queue: deque[Item] = deque()
         self._lanes: list[Lane] = []
         self._idle: list[Lane] = []
@@ -84,6 +85,7 @@ class Batcher:
         """Queue `items` together (all or none); raise Overloaded when the queue cannot take them."""
         if len(self._queue) + len(items) > self.max_queue:
             self.stats.rejected += len(items)
+            self.observer.rejected(self.name, "queue_full", len(items))
             raise Overloaded(
                 f"model '{self.name}' has {len(self._queue)} inputs queued (limit {self.max_queue}); "
                 "retry shortly or add replicas",
@@ -113,8 +115,7 @@ class Batcher:
             for item, output in zip(batch.items, result.outputs, strict=True):
                 if not item.future.done():
                     item.future.set_result(output)
-        if self._on_batch_done is not None:
-            self._on_batch_done(result)
+        self.observer.batch_done(self.name, result)
         self._dispatch()
         if self._drained is not None and self.in_flight == 0:
             self._drained.set()
@@ -161,6 +162,7 @@ class Batcher:
                 continue
             if item.deadline is not None and item.deadline <= now:
                 self.stats.expired += 1
+                self.observer.rejected(self.name, "deadline", 1)
                 item.future.set_exception(
                     DeadlineExceeded(f"the request's deadline passed after {now - item.enqueued_at:.3f}s in the queue")
                 )

@@ -1,0 +1,21 @@
+"""Protocol adapters: each turns its wire format into `Engine.infer` calls and back, and exposes `routes()`."""
+
+from __future__ import annotations
+
+from typing import Protocol as _Protocol
+
+from fastapi import APIRouter
+
+from batchery.config import Settings
+from batchery.engine import Engine
+from batchery.protocols import native
+
+
+class Protocol(_Protocol):
+    """What an adapter module provides to the app factory."""
+
+    def routes(self, engine: Engine, settings: Settings) -> APIRouter: ...
+
+
+#: Adapters every app serves, in route order.
+DEFAULT_PROTOCOLS: tuple[Protocol, ...] = (native,)

@@ -9,9 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from batchery.config import Settings
 from batchery.engine import Engine
 from batchery.errors import BadRequest, InvalidInput, PayloadTooLarge
 from batchery.protocols.responses import json_response
@@ -56,9 +58,15 @@ def encode(outputs: list[Any], single: bool, *, model: str, version: str) -> byt
     return orjson.dumps({"model": model, "version": version, "outputs": outputs}, option=_DUMPS_OPTIONS)
 
 
-def predict_endpoint(engine: Engine, *, max_items: int) -> Any:
-    """The predict route's endpoint: raw body in, ready bytes out, no per-request validation framework."""
+def routes(engine: Engine, settings: Settings) -> APIRouter:
+    """`GET /v1/models` and `POST /v1/models/{name}/predict`."""
+    router = APIRouter(tags=["models"])
+    max_items = settings.max_items
 
+    async def list_models() -> Response:
+        return json_response(orjson.dumps({"models": engine.models()}))
+
+    # The predict endpoint reads the raw body and returns ready bytes: no per-request validation framework.
     async def predict(request: Request) -> Response:
         handle = engine.handle(request.path_params["name"])
         inputs, single = decode(await request.body(), max_items=max_items)
@@ -66,4 +74,14 @@ def predict_endpoint(engine: Engine, *, max_items: int) -> Any:
         body = encode(outputs, single, model=handle.name, version=handle.version)
         return json_response(body, headers={"X-Model-Version": handle.version})
 
-    return predict
+    router.add_api_route(
+        "/v1/models", list_models, methods=["GET"], summary="The served models, their status and batching settings"
+    )
+    router.add_api_route(
+        "/v1/models/{name}/predict",
+        predict,
+        methods=["POST"],
+        summary="Compute outputs for one input or a list of inputs",
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": REQUEST_SCHEMA}}}},
+    )
+    return router
