@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 from batchery.errors import ModelLoadError
@@ -107,7 +108,10 @@ def export(src: Path, target: Path) -> None:
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, suffix=".onnx.tmp")
     os.close(fd)
     try:
-        with torch.no_grad():
+        # The TorchScript exporter is chosen on purpose: the torch.export one needs onnxscript and gives the
+        # same graph for this model; its deprecation and tracer warnings say nothing about this export.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             torch.onnx.export(
                 module,
                 (ids, mask),
@@ -126,3 +130,13 @@ def export(src: Path, target: Path) -> None:
     finally:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
+
+
+def main() -> None:
+    """Export the default model into the cache now (a container build step), and print the graph's path."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    print(onnx_path())
+
+
+if __name__ == "__main__":
+    main()

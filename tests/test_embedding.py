@@ -1,0 +1,60 @@
+"""The default model served over HTTP matches sentence-transformers' own embeddings (cosine >= 0.999)."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+
+from batchery.models import minilm_export
+from batchery.models.embedding import SentenceEmbedder
+from batchery.testing import running_server
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "batchery batches requests dynamically.",
+    "Short.",
+    "A considerably longer sentence, with punctuation; numbers like 42 and 3.14, and unusual words: zymurgy!",
+    "Ünïcödé text and emoji 🚀 still embed.",
+]
+
+
+@pytest.fixture(scope="module")
+def reference() -> np.ndarray:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(minilm_export.source_dir()), device="cpu")
+    embeddings: np.ndarray = model.encode(SENTENCES, normalize_embeddings=True)
+    return embeddings
+
+
+async def test_served_embeddings_match_sentence_transformers(reference: np.ndarray) -> None:
+    async with running_server([SentenceEmbedder()]) as server, httpx.AsyncClient(base_url=server.url) as http:
+        batch = await http.post("/v1/models/all-minilm-l6-v2/predict", json={"inputs": SENTENCES})
+        single = await http.post("/v1/models/all-minilm-l6-v2/predict", json={"input": SENTENCES[3]})
+        bad = await http.post("/v1/models/all-minilm-l6-v2/predict", json={"inputs": ["fine", ""]})
+        wrong_type = await http.post("/v1/models/all-minilm-l6-v2/predict", json={"input": 7})
+    assert batch.status_code == 200
+    served = np.array(batch.json()["outputs"], dtype=np.float32)
+    assert served.shape == (len(SENTENCES), 384)
+    cosine = (served * reference).sum(axis=1) / np.linalg.norm(served, axis=1) / np.linalg.norm(reference, axis=1)
+    assert cosine.min() >= 0.999, cosine
+    assert np.allclose(np.linalg.norm(served, axis=1), 1.0, atol=1e-4)
+    one = np.array(single.json()["output"], dtype=np.float32)
+    assert float(one @ reference[3]) >= 0.999
+    assert bad.status_code == 422
+    assert "input 1: the text is empty" in bad.json()["error"]["message"]
+    assert wrong_type.status_code == 422
+    assert "expected a string" in wrong_type.json()["error"]["message"]
+
+
+def test_a_corrupt_cached_graph_is_exported_again(
+    tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCHERY_CACHE_DIR", str(tmp_path))
+    first = minilm_export.onnx_path()
+    assert first.is_file()
+    first.write_bytes(b"not an onnx graph")
+    again = minilm_export.onnx_path()
+    assert again == first
+    assert again.stat().st_size > 1_000_000
