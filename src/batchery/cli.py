@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{f.metadata['help']} (env {env_name(f.name)}, default {f.default!r})"
         serve.add_argument(flag, dest=f.name, type=type(f.default), default=None, help=help_text)
+    from batchery.bench import cli as bench_cli
+
+    bench_cli.add_parser(commands)
     return parser
 
 
@@ -33,6 +36,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "bench":
+            from batchery.bench import cli as bench_cli
+
+            return bench_cli.run(args)
     except BatcheryError as exc:
         print(f"batchery: {exc.message}", file=sys.stderr)
         return 2

@@ -1,0 +1,1 @@
+"""`batchery bench`: a light load generator for any HTTP server, with reports as tables, JSON and plots."""

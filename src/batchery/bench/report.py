@@ -1,0 +1,106 @@
+"""Summaries of measurements: percentiles, throughput, a text table and JSON."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+
+from batchery.bench.load import Measurement
+
+
+@dataclass(slots=True)
+class Summary:
+    """One run in numbers. Latencies in ms; `throughput` counts successful answers per second."""
+
+    url: str
+    mode: str
+    connections: int
+    rate: float | None
+    duration_s: float
+    requests: int
+    ok: int
+    rejected: int
+    errors: int
+    throughput: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    mean_ms: float
+    rejected_p99_ms: float
+    statuses: dict[str, int]
+    transport_errors: dict[str, int]
+    client_cpu: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The nearest-rank `q`-th percentile (0-100) of already sorted values; NaN when there are none."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(q / 100.0 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def summarize(m: Measurement) -> Summary:
+    """Reduce a measurement to its summary; `client_cpu` is the client's CPU time per wall second (cores)."""
+    ok = sorted(m.ok_ms)
+    rejected = sorted(m.rejected_ms)
+    failed = len(m.failed_ms) + sum(m.transport_errors.values())
+    spec = m.spec
+    return Summary(
+        url=spec.url,
+        mode="closed" if spec.rate is None else "open",
+        connections=spec.connections,
+        rate=spec.rate,
+        duration_s=round(m.wall_seconds, 3),
+        requests=len(ok) + len(rejected) + failed,
+        ok=len(ok),
+        rejected=len(rejected),
+        errors=failed,
+        throughput=len(ok) / m.wall_seconds if m.wall_seconds > 0 else 0.0,
+        p50_ms=percentile(ok, 50),
+        p95_ms=percentile(ok, 95),
+        p99_ms=percentile(ok, 99),
+        max_ms=ok[-1] if ok else math.nan,
+        mean_ms=sum(ok) / len(ok) if ok else math.nan,
+        rejected_p99_ms=percentile(rejected, 99),
+        statuses={str(code): count for code, count in sorted(m.statuses.items())},
+        transport_errors=dict(m.transport_errors),
+        client_cpu=m.client_cpu_seconds / m.wall_seconds if m.wall_seconds > 0 else 0.0,
+    )
+
+
+def _fmt(value: float, digits: int = 1) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:,.{digits}f}"
+
+
+def table(summaries: Sequence[Summary]) -> str:
+    """A Markdown table, one row per run."""
+    head = "| load | req/s | p50 ms | p95 ms | p99 ms | ok | rejected | errors | client CPU |"
+    rows = [head, "|---|---|---|---|---|---|---|---|---|"]
+    for s in summaries:
+        load = f"{s.connections} conn" if s.rate is None else f"{s.rate:g} req/s offered"
+        rows.append(
+            f"| {load} | {_fmt(s.throughput)} | {_fmt(s.p50_ms, 2)} | {_fmt(s.p95_ms, 2)} | {_fmt(s.p99_ms, 2)} "
+            f"| {s.ok} | {s.rejected} | {s.errors} | {s.client_cpu:.0%} |"
+        )
+    return "\n".join(rows)
+
+
+def _finite(value: Any) -> Any:
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def to_json(summaries: Sequence[Summary], **extra: Any) -> bytes:
+    """JSON document holding `extra` fields and a `runs` list; NaN becomes null."""
+    runs = [
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in s.to_dict().items()} for s in summaries
+    ]
+    return orjson.dumps({**extra, "runs": runs}, option=orjson.OPT_INDENT_2)

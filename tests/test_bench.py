@@ -1,0 +1,169 @@
+"""`batchery bench` against a real EchoModel server: load modes, reports, the CLI and its error messages."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import orjson
+import pytest
+
+from batchery.bench import payloads, report
+from batchery.bench.load import LoadSpec, Measurement, measure
+from batchery.cli import main
+from batchery.errors import ConfigError
+from batchery.testing import EchoModel, running_server, server_thread
+
+
+def _spec(url: str, **kwargs: object) -> LoadSpec:
+    options: dict[str, object] = {"duration": 0.3, "warmup": 0.0, "connections": 4, **kwargs}
+    return LoadSpec(f"{url}/v1/models/echo/predict", payloads.embedding_bodies(), **options)  # type: ignore[arg-type]
+
+
+async def test_closed_loop_measures_only_successes() -> None:
+    async with running_server([EchoModel()]) as server:
+        result = report.summarize(await measure(_spec(server.url)))
+    assert result.mode == "closed"
+    assert result.ok > 0
+    assert result.errors == 0
+    assert result.rejected == 0
+    assert result.statuses == {"200": result.ok}
+    assert result.throughput > 0
+    assert 0 < result.p50_ms <= result.p95_ms <= result.p99_ms <= result.max_ms
+
+
+async def test_open_loop_sends_at_the_given_rate() -> None:
+    async with running_server([EchoModel()]) as server:
+        result = report.summarize(await measure(_spec(server.url, rate=100.0, duration=0.5)))
+    assert result.mode == "open"
+    assert result.rate == 100.0
+    assert result.ok > 0
+    # A fixed arrival rate bounds the count, however fast the server answers.
+    assert result.requests <= 100 * 0.5 + 2
+
+
+async def test_max_requests_stops_the_run() -> None:
+    async with running_server([EchoModel()]) as server:
+        m = await measure(_spec(server.url, max_requests=50, duration=60.0, connections=1))
+    assert len(m.ok_ms) == 50
+
+
+async def test_errors_are_counted_not_raised() -> None:
+    async with running_server([EchoModel()]) as server:
+        m = await measure(LoadSpec(f"{server.url}/v1/models/nope/predict", [b'{"input": 1}'], duration=0.2, warmup=0))
+    summary = report.summarize(m)
+    assert summary.ok == 0
+    assert summary.errors == summary.requests > 0
+    assert summary.statuses == {"404": summary.requests}
+    assert math.isnan(summary.p50_ms)
+    assert orjson.loads(report.to_json([summary]))["runs"][0]["p50_ms"] is None
+
+
+def test_statuses_are_classified() -> None:
+    m = Measurement(LoadSpec("http://127.0.0.1:1/x", [b"{}"]))
+    for status in (200, 204, 503, 429, 500, 422):
+        m.record(status, 1.0)
+    assert (len(m.ok_ms), len(m.rejected_ms), len(m.failed_ms)) == (2, 2, 2)
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert report.percentile(values, 50) == 50.0
+    assert report.percentile(values, 99) == 99.0
+    assert report.percentile(values, 100) == 100.0
+    assert report.percentile([7.0], 1) == 7.0
+
+
+def test_default_payload_is_distinct_sentences() -> None:
+    texts = payloads.sentences()
+    assert len(texts) == len(set(texts)) == 300
+    bodies = payloads.embedding_bodies(per_request=16)
+    assert len(orjson.loads(bodies[0])["inputs"]) == 16
+    assert orjson.loads(payloads.embedding_bodies()[0]) == {"input": texts[0]}
+
+
+def test_payload_file_forms(tmp_path: Path) -> None:
+    lines = tmp_path / "lines.jsonl"
+    lines.write_text('{"input": 1}\n\n{"input": 2}\n')
+    assert payloads.read_bodies(lines) == [b'{"input": 1}', b'{"input": 2}']
+    whole = tmp_path / "one.json"
+    whole.write_text('{\n  "input": [1, 2]\n}\n')
+    assert orjson.loads(payloads.read_bodies(whole)[0]) == {"input": [1, 2]}
+    broken = tmp_path / "broken.json"
+    broken.write_text("{nope\n")
+    with pytest.raises(ConfigError, match="neither JSON lines"):
+        payloads.read_bodies(broken)
+    empty = tmp_path / "empty.json"
+    empty.write_text("\n")
+    with pytest.raises(ConfigError, match="empty"):
+        payloads.read_bodies(empty)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"connections": 0}, "connections"),
+        ({"rate": -1.0}, "rate"),
+        ({"duration": 0.0}, "duration"),
+    ],
+)
+def test_spec_validation(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        LoadSpec("http://127.0.0.1:8000/x", [b"{}"], **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="http://host:port"):
+        LoadSpec("https://example.com/x", [b"{}"])
+
+
+def test_cli_sweep_writes_table_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    payload = tmp_path / "bodies.jsonl"
+    payload.write_text('{"input": "a"}\n{"inputs": ["b", "c"]}\n')
+    out = tmp_path / "result.json"
+    png = tmp_path / "plot.png"
+    with server_thread([EchoModel()]) as server:
+        argv = ["bench", f"{server.url}/v1/models/echo/predict", "--payload", str(payload), "-c", "1,4"]
+        code = main([*argv, "-d", "0.3", "--warmup", "0", "--json", str(out), "--plot", str(png)])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "| 1 conn |" in captured.out
+    assert "| 4 conn |" in captured.out
+    assert "measuring" in captured.err  # the live progress line
+    runs = orjson.loads(out.read_bytes())["runs"]
+    assert [r["connections"] for r in runs] == [1, 4]
+    assert all(r["ok"] > 0 and r["errors"] == 0 for r in runs)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_open_loop_json_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    with server_thread([EchoModel()]) as server:
+        url = f"{server.url}/v1/models/echo/predict"
+        code = main(["bench", url, "-r", "50", "-d", "0.3", "--warmup", "0", "-q", "--json", "-"])
+    assert code == 0
+    out = capsys.readouterr().out
+    document = orjson.loads(out[out.index("{") :])
+    assert document["runs"][0]["mode"] == "open"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["ftp://host/x"], "must look like http://"),
+        (["http://127.0.0.1:1/x"], "cannot connect to 127.0.0.1:1"),
+        (["http://127.0.0.1:99999/x"], "invalid port"),
+        (["http://127.0.0.1:1/x", "--payload", "/no/such/file"], "cannot read the payload file"),
+        (["http://127.0.0.1:1/x", "-r", "10", "-c", "1,2"], "one --connections value"),
+        (["http://127.0.0.1:1/x", "--warmup", "-1"], "--warmup must be >= 0"),
+    ],
+)
+def test_cli_bad_arguments_get_a_clear_message(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bench", *argv, "-d", "0.1"]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", [["-c", "0"], ["-c", "a,b"], ["-r", "nan"], ["-d", "-3"]])
+def test_cli_rejects_bad_numbers(flag: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "http://127.0.0.1:1/x", *flag])
+    assert exc.value.code == 2
+    assert "batchery bench: error: argument" in capsys.readouterr().err
