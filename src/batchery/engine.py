@@ -19,6 +19,7 @@ from typing import Any
 from batchery import cores
 from batchery.batching.batcher import POLICIES, Batcher
 from batchery.batching.lane import Lane
+from batchery.batching.streaming import StreamingModel
 from batchery.errors import ConfigError, InvalidInput, ModelLoadError, ModelNotFound, NotReady
 from batchery.model import model_name
 from batchery.observer import Observer
@@ -54,6 +55,9 @@ class ModelHandle:
         device: str = "cpu",
         observer: Observer | None = None,
     ) -> None:
+        # Streaming (issue 5): a model that yields steps runs behind an adapter that lanes batch as usual.
+        if getattr(model, "stream", False) and not isinstance(model, StreamingModel):
+            model = StreamingModel(model)
         self.name = model_name(model)
         self.prototype = model
         self.device = device

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 
 from batchery.config import Settings
 from batchery.engine import Engine
-from batchery.protocols import native
+from batchery.protocols import native, streaming
 
 
 class Protocol(_Protocol):
@@ -18,4 +18,4 @@ class Protocol(_Protocol):
 
 
 #: Adapters every app serves, in route order.
-DEFAULT_PROTOCOLS: tuple[Protocol, ...] = (native,)
+DEFAULT_PROTOCOLS: tuple[Protocol, ...] = (native, streaming)

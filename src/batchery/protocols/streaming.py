@@ -1,0 +1,161 @@
+"""Server-Sent Events for streaming models: `POST /v1/models/{name}/stream` with `{"input": x}`.
+
+Each partial result is one event, `data: <json>`; the stream ends with `data: [DONE]`, or with
+`event: error` and `data: {"error": {"code", "message"}}` when the model fails mid-stream.
+Errors found before the first event (unknown model, bad input, full queue) are ordinary JSON errors.
+A client that disconnects is dropped from its batch's later steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from batchery.batching.streaming import END, Stream, StreamingModel
+from batchery.config import Settings
+from batchery.engine import Engine
+from batchery.errors import BadRequest, BatcheryError, PredictError
+
+_DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),  # keeps reverse proxies such as nginx from holding events back
+]
+DONE_EVENT = b"data: [DONE]\n\n"
+
+REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"input": {}},
+    "required": ["input"],
+    "example": {"input": "stream these words back one by one"},
+}
+
+
+@dataclass(slots=True)
+class _Failed:
+    error: BatcheryError
+
+
+_DISCONNECTED = object()
+
+
+def decode(body: bytes) -> Any:
+    """The one input of a stream request."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict) or "input" not in data:
+        raise BadRequest('the body must be a JSON object with an "input" field: {"input": ...}')
+    return data["input"]
+
+
+def encode(partial: Any) -> bytes:
+    """One partial result as one SSE event."""
+    return b"data: " + orjson.dumps(partial, option=_DUMPS_OPTIONS) + b"\n\n"
+
+
+def encode_error(error: BatcheryError) -> bytes:
+    body = orjson.dumps({"error": {"code": error.code, "message": error.message}})
+    return b"event: error\ndata: " + body + b"\n\n"
+
+
+class EventStream(Response):
+    """Sends a `Stream`'s partials as they come; watches for the client leaving and cancels the stream then."""
+
+    def __init__(self, stream: Stream, task: asyncio.Future[list[Any]], headers: dict[str, str]) -> None:
+        super().__init__(headers=headers)
+        self.stream = stream
+        self.task = task
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stream, task = self.stream, self.task
+        queue = stream.queue
+        task.add_done_callback(lambda done: queue.put_nowait(_outcome(done)))
+        watcher = asyncio.create_task(_wait_for_disconnect(receive))
+        watcher.add_done_callback(lambda _: queue.put_nowait(_DISCONNECTED))
+        headers = [*_HEADERS, *((k, v) for k, v in self.raw_headers if k not in (b"content-type", b"content-length"))]
+        finished = False
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            while not finished:
+                messages = [await queue.get()]
+                while not queue.empty():  # partials that arrived together leave in one write
+                    messages.append(queue.get_nowait())
+                chunks = []
+                for message in messages:
+                    if message is _DISCONNECTED:
+                        return
+                    if message is END:
+                        chunks.append(DONE_EVENT)
+                    elif isinstance(message, _Failed):
+                        chunks.append(encode_error(message.error))
+                    else:
+                        chunks.append(encode(message))
+                        continue
+                    finished = True
+                    break
+                await send({"type": "http.response.body", "body": b"".join(chunks), "more_body": not finished})
+        except OSError:
+            return  # the client went away while we wrote (ASGI 2.4 servers raise here)
+        finally:
+            if not finished:
+                stream.cancelled = True  # the lane skips this stream from its next step on
+                task.cancel()
+            watcher.cancel()
+
+
+def _outcome(task: asyncio.Future[Any]) -> Any:
+    if task.cancelled():
+        return _DISCONNECTED
+    error = task.exception()
+    if error is None:
+        return END  # the lane already queued this stream's END; a second one is never read
+    if not isinstance(error, BatcheryError):
+        error = PredictError(f"the stream failed: {error!r}")
+    return _Failed(error)
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def routes(engine: Engine, settings: Settings) -> APIRouter:
+    """`POST /v1/models/{name}/stream`."""
+    router = APIRouter(tags=["models"])
+
+    async def stream(request: Request) -> Response:
+        handle = engine.handle(request.path_params["name"])
+        if not isinstance(handle.prototype, StreamingModel):
+            raise BadRequest(
+                f"model '{handle.name}' does not stream; call POST /v1/models/{handle.name}/predict instead, "
+                "or give the model `stream = True` and a predict that yields steps"
+            )
+        (payload,) = engine.decode(handle, [decode(await request.body())])
+        item = Stream(payload, asyncio.get_running_loop())
+        task = asyncio.ensure_future(engine.infer_decoded(handle, [item]))
+        # One turn of the loop runs the task up to its queueing, so a full queue is a 503 before any event.
+        await asyncio.sleep(0)
+        error = task.exception() if task.done() else None
+        if error is not None:
+            raise error
+        return EventStream(item, task, {"X-Model-Version": handle.version})
+
+    router.add_api_route(
+        "/v1/models/{name}/stream",
+        stream,
+        methods=["POST"],
+        summary="Stream a streaming model's partial results as Server-Sent Events",
+        response_class=Response,
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": REQUEST_SCHEMA}}}},
+    )
+    return router
