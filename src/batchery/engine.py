@@ -23,6 +23,7 @@ from batchery.batching.streaming import StreamingModel
 from batchery.errors import ConfigError, InvalidInput, ModelLoadError, ModelNotFound, NotReady
 from batchery.model import model_name
 from batchery.observer import Observer
+from batchery.pipeline.handle import drain_pipelines, split_pipelines
 
 log = logging.getLogger("batchery.engine")
 
@@ -186,6 +187,8 @@ class Engine:
         if not models:
             raise ConfigError("no model to serve. Hint: pass at least one model")
         total = cores_available or cores.available()
+        # Pipelines (issue 7): their stage models are loaded as ordinary handles; `infer` dispatches to them.
+        models, self.pipelines = split_pipelines(models)
         self.handles: dict[str, ModelHandle] = {}
         for model in models:
             handle = ModelHandle(model, total_cores=total, workers=workers, observer=observer)
@@ -202,6 +205,8 @@ class Engine:
         try:
             for handle in self.handles.values():
                 await handle.load(self._loop)
+            for pipeline in self.pipelines.values():  # pipelines (issue 7)
+                await pipeline.pipeline.start()
         except BaseException:
             self.close()
             raise
@@ -213,11 +218,15 @@ class Engine:
         self.ready = False
         self.accepting = False
         drains = [handle.batcher.drain() for handle in self.handles.values()]
+        if self.pipelines:  # pipelines (issue 7): requests in flight still send inputs to their stages
+            drains = [drain_pipelines(self.pipelines.values(), drains)]
         try:
             await asyncio.wait_for(asyncio.gather(*drains), grace)
         except TimeoutError:
             log.warning("drain grace period of %.1fs passed with work still in flight", grace)
         self.close()
+        for pipeline in self.pipelines.values():
+            await pipeline.pipeline.aclose()
 
     def close(self) -> None:
         for handle in self.handles.values():
@@ -243,6 +252,9 @@ class Engine:
 
     async def infer(self, name: str, inputs: Sequence[Any], *, deadline: float | None = None) -> list[Any]:
         """Compute one output per input (already passed through `encode_response`), in order."""
+        pipeline = self.pipelines.get(name)
+        if pipeline is not None:  # pipelines (issue 7)
+            return await pipeline.infer(self, inputs, deadline)
         handle = self.handle(name)
         payloads = self.decode(handle, inputs)
         return await self.infer_decoded(handle, payloads, deadline=deadline)
@@ -267,4 +279,5 @@ class Engine:
             raise
 
     def models(self) -> list[ModelInfo]:
-        return [handle.info() for handle in self.handles.values()]
+        infos = [handle.info() for handle in self.handles.values()]
+        return infos + [pipeline.info(self) for pipeline in self.pipelines.values()]  # pipelines (issue 7)

@@ -83,3 +83,24 @@ class ConfigError(BatcheryError):
 
     status = 500
     code = "config_error"
+
+
+class UnsupportedMediaType(BatcheryError):
+    """The body or an uploaded file is of a type the model cannot read (an image format it does not take)."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+class RemoteError(BatcheryError):
+    """A remote service called by an async pipeline stage failed or answered with an error."""
+
+    status = 502
+    code = "bad_gateway"
+
+
+class RemoteTimeout(BatcheryError):
+    """A remote service called by an async pipeline stage did not answer in time."""
+
+    status = 504
+    code = "gateway_timeout"

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 
 from batchery.config import Settings
 from batchery.engine import Engine
-from batchery.protocols import native, streaming
+from batchery.protocols import native, streaming, uploads
 
 
 class Protocol(_Protocol):
@@ -18,4 +18,5 @@ class Protocol(_Protocol):
 
 
 #: Adapters every app serves, in route order.
-DEFAULT_PROTOCOLS: tuple[Protocol, ...] = (native, streaming)
+# uploads comes before native: it takes multipart bodies and pipeline names, and lets the rest through.
+DEFAULT_PROTOCOLS: tuple[Protocol, ...] = (uploads, native, streaming)

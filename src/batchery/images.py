@@ -1,0 +1,136 @@
+"""Image inputs: read uploaded or base64 bytes into arrays, within limits, off the event loop.
+
+Every failure is a clear 4xx: too many bytes or pixels (a decompression bomb) is 413, a file that is not an
+image in an accepted format is 415, an image that cannot be decoded (truncated, corrupt) is 422.
+Pillow is imported lazily: `pip install 'batchery[images]'`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from batchery.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from batchery.workers.cpu_pool import CpuPool
+
+#: Media types an upload may declare, and the Pillow format each stands for.
+MEDIA_TYPES = {
+    "image/png": "PNG",
+    "image/jpeg": "JPEG",
+    "image/webp": "WEBP",
+    "image/bmp": "BMP",
+    "image/gif": "GIF",
+    "image/tiff": "TIFF",
+}
+#: Declared types that say nothing about the content: the bytes decide.
+GENERIC_TYPES = frozenset({"", "application/octet-stream"})
+
+
+@dataclass(frozen=True, slots=True)
+class ImageLimits:
+    """What an image input may be. Set `image_limits` on a model or pipeline to change them."""
+
+    max_bytes: int = 10 * 1024 * 1024
+    max_pixels: int = 25_000_000
+    formats: frozenset[str] = frozenset(MEDIA_TYPES.values())
+
+
+DEFAULT_LIMITS = ImageLimits()
+
+
+def check_media_type(content_type: str | None, limits: ImageLimits = DEFAULT_LIMITS) -> None:
+    """Raise UnsupportedMediaType (415) when an upload declares a type that is not an accepted image format."""
+    declared = (content_type or "").split(";", 1)[0].strip().lower()
+    if declared in GENERIC_TYPES:
+        return
+    if MEDIA_TYPES.get(declared) not in limits.formats:
+        accepted = ", ".join(sorted(t for t, f in MEDIA_TYPES.items() if f in limits.formats))
+        raise UnsupportedMediaType(f"files of type {declared!r} are not accepted; send one of: {accepted}")
+
+
+def from_json(item: Any, limits: ImageLimits = DEFAULT_LIMITS) -> bytes:
+    """The bytes of an image given in JSON: base64 text, a `data:` URL, or `{"image": base64}`; bytes pass through.
+
+    Raise ValueError (422) for anything else, PayloadTooLarge (413) above `limits.max_bytes`.
+    """
+    if isinstance(item, bytes | bytearray | memoryview):
+        data = bytes(item)
+    else:
+        if isinstance(item, dict):
+            if "image" not in item:
+                raise ValueError('an image input must be base64 text or an object {"image": "<base64>"}')
+            item = item["image"]
+        if not isinstance(item, str):
+            raise TypeError(f"an image input must be base64 text, got {type(item).__name__}")
+        if item.startswith("data:"):
+            item = item.partition(",")[2]
+        if len(item) * 3 // 4 > limits.max_bytes + 3:  # refuse before decoding what is too large anyway
+            raise PayloadTooLarge(f"the image has about {len(item) * 3 // 4} bytes; the limit is {limits.max_bytes}")
+        try:
+            data = base64.b64decode(item, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError(f"the image is not valid base64: {exc}") from exc
+    if len(data) > limits.max_bytes:
+        raise PayloadTooLarge(f"the image has {len(data)} bytes; the limit is {limits.max_bytes}")
+    if not data:
+        raise ValueError("the image is empty")
+    return data
+
+
+def decode(data: bytes, limits: ImageLimits = DEFAULT_LIMITS, *, mode: str = "RGB", max_side: int | None = None) -> Any:
+    """Decode `data` into an HxWxC uint8 array in `mode`, shrunk to `max_side` if given. Blocking: call off the loop.
+
+    The size is checked from the header before any pixel is decoded, so a decompression bomb costs nothing.
+    """
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError as exc:
+        raise ImportError("image inputs need Pillow: pip install 'batchery[images]'") from exc
+    if len(data) > limits.max_bytes:
+        raise PayloadTooLarge(f"the image has {len(data)} bytes; the limit is {limits.max_bytes}")
+    try:
+        image = Image.open(io.BytesIO(data), formats=sorted(limits.formats))
+    except UnidentifiedImageError as exc:
+        accepted = ", ".join(sorted(limits.formats))
+        raise UnsupportedMediaType(f"the file is not an image in an accepted format ({accepted})") from exc
+    except Image.DecompressionBombError as exc:
+        raise PayloadTooLarge(f"the image has too many pixels: {exc}") from exc
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        raise PayloadTooLarge(
+            f"the image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}. "
+            "Send a smaller image"
+        )
+    try:
+        if max_side is not None and max(width, height) > max_side:
+            image.draft(mode, (max_side, max_side))  # JPEG: decode at a reduced scale, much cheaper
+            image.thumbnail((max_side, max_side))
+        return np.asarray(image.convert(mode))
+    except Image.DecompressionBombError as exc:
+        raise PayloadTooLarge(f"the image has too many pixels: {exc}") from exc
+    except (OSError, SyntaxError, ValueError) as exc:  # Pillow reports truncated and corrupt data so
+        raise InvalidInput(f"the image could not be decoded ({exc}); check that the file is complete") from exc
+
+
+async def decode_async(
+    data: bytes,
+    limits: ImageLimits = DEFAULT_LIMITS,
+    *,
+    mode: str = "RGB",
+    max_side: int | None = None,
+    pool: CpuPool | None = None,
+) -> Any:
+    """`decode` on a thread of `pool` (Pillow releases the GIL), or the loop's default executor."""
+    if pool is not None:
+        return await pool.run(_decode, data, limits, mode, max_side)
+    return await asyncio.to_thread(decode, data, limits, mode=mode, max_side=max_side)
+
+
+def _decode(data: bytes, limits: ImageLimits, mode: str, max_side: int | None) -> Any:
+    return decode(data, limits, mode=mode, max_side=max_side)

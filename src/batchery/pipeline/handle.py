@@ -1,0 +1,104 @@
+"""How the engine holds a pipeline: resolves its name, decodes its inputs, runs it and lists it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from batchery.errors import ConfigError, InvalidInput, NotReady
+from batchery.model import model_name
+from batchery.pipeline.base import Pipeline
+
+if TYPE_CHECKING:
+    from batchery.engine import Engine, ModelInfo
+
+
+class PipelineHandle:
+    """One served pipeline; its stage models are ordinary model handles of the same engine."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.name = str(pipeline.name)
+        self.version = str(pipeline.version)
+        self.stage_names = [model_name(model) for model in pipeline.stages()]
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def infer(self, engine: Engine, inputs: Sequence[Any], deadline: float | None) -> list[Any]:
+        """Validate every input first (a bad one fails only its request), then run the pipeline."""
+        if not engine.accepting:
+            raise NotReady("the server is not accepting requests (starting up or shutting down)", retry_after=1.0)
+        decode = self.pipeline.decode_request
+        payloads = []
+        for index, raw in enumerate(inputs):
+            try:
+                payloads.append(decode(raw))
+            except (ValueError, TypeError, KeyError) as exc:
+                raise InvalidInput(f"input {index}: {exc}") from exc
+        self.in_flight += 1
+        self._idle.clear()
+        try:
+            outputs = await self.pipeline.run(engine, payloads, deadline)
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self._idle.set()
+        if len(outputs) != len(payloads):
+            raise InvalidInput(f"pipeline '{self.name}' returned {len(outputs)} outputs for {len(payloads)} inputs")
+        return outputs
+
+    async def drain(self) -> None:
+        """Wait until no request is running through the pipeline."""
+        await self._idle.wait()
+
+    def info(self, engine: Engine) -> ModelInfo:
+        from batchery.engine import ModelInfo  # the engine imports this module: import at call time
+
+        stages = [engine.handles[name] for name in self.stage_names]
+        statuses = {handle.status for handle in stages} or {"ready" if engine.ready else "loading"}
+        if statuses == {"ready"}:
+            status = "ready"
+        elif "failed" in statuses:
+            status = "failed"
+        else:
+            status = "loading" if statuses & {"loading", "ready"} else "pending"
+        return ModelInfo(
+            name=self.name,
+            version=self.version,
+            status=status,
+            device=",".join(sorted({handle.device for handle in stages})),
+            workers=sum(handle.workers for handle in stages),
+            max_batch_size=max((handle.max_batch_size for handle in stages), default=1),
+            max_delay_ms=max((handle.max_delay_ms for handle in stages), default=0.0),
+            batching="pipeline: " + " -> ".join(self.stage_names),
+            queued=sum(handle.batcher.queued for handle in stages),
+            load_seconds=None,
+        )
+
+
+def split_pipelines(entries: Sequence[Any]) -> tuple[list[Any], dict[str, PipelineHandle]]:
+    """Separate pipelines from models: returns every model to load (stage models included) and the pipelines."""
+    models: list[Any] = []
+    pipelines: dict[str, PipelineHandle] = {}
+    for entry in entries:
+        if not isinstance(entry, Pipeline):
+            models.append(entry)
+            continue
+        handle = PipelineHandle(entry)
+        if handle.name in pipelines:
+            raise ConfigError(f"two pipelines are named '{handle.name}'; give one a different `name`")
+        pipelines[handle.name] = handle
+        models.extend(entry.stages())
+    names = {model_name(model) for model in models}
+    clash = names & set(pipelines)
+    if clash:
+        raise ConfigError(f"a pipeline and a model are both named {sorted(clash)}; rename one")
+    return models, pipelines
+
+
+async def drain_pipelines(pipelines: Iterable[PipelineHandle], stage_drains: Sequence[Awaitable[None]]) -> None:
+    """Wait for the pipelines' requests first (they still feed their stages), then for the stages' batchers."""
+    await asyncio.gather(*(pipeline.drain() for pipeline in pipelines))
+    await asyncio.gather(*stage_drains)

@@ -1,0 +1,103 @@
+"""A pipeline made of a list of steps: stage models (batched), async steps (event loop) and CPU steps (pool).
+
+    Sequential("tag", [Embedder(), AsyncStep(lookup), Classifier()])
+
+Each step takes the previous step's outputs. Async steps run per input on the event loop and call remote
+services through the pipeline's one shared `RemoteClient`; CPU steps run per input in a thread or process pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from batchery.errors import ConfigError
+from batchery.model import model_name
+from batchery.pipeline.base import Pipeline, stage
+from batchery.pipeline.remote import RemoteClient
+from batchery.workers.cpu_pool import CpuPool
+
+if TYPE_CHECKING:
+    from batchery.engine import Engine
+
+
+@dataclass(slots=True)
+class AsyncStep:
+    """`await fn(payload, remote)` per input, on the event loop; `remote` is the pipeline's shared client."""
+
+    fn: Callable[[Any, RemoteClient], Awaitable[Any]]
+
+
+@dataclass(slots=True)
+class CpuStep:
+    """`fn(payload)` per input in a CPU pool: "thread" for GIL-releasing work, "process" for pure Python."""
+
+    fn: Callable[[Any], Any]
+    kind: str = "thread"
+    workers: int | None = None
+    max_queue: int = 1024
+    pool: CpuPool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pool = CpuPool(self.kind, workers=self.workers, max_queue=self.max_queue)
+
+
+Step = Any  # a stage model, an AsyncStep or a CpuStep
+
+
+class Sequential(Pipeline):
+    """Runs `steps` in order; a request's inputs go through each step together."""
+
+    def __init__(self, name: str, steps: Sequence[Step], *, version: str = "1", remote: RemoteClient | None = None):
+        if not steps:
+            raise ConfigError(f"pipeline '{name}' has no steps")
+        self.name = name
+        self.version = version
+        self.steps = list(steps)
+        self.remote = remote or RemoteClient()
+        self._models = [step for step in self.steps if not isinstance(step, AsyncStep | CpuStep)]
+
+    def stages(self) -> list[Any]:
+        return self._models
+
+    def decode_request(self, item: Any) -> Any:
+        """The first step's `decode_request` when it is a model: inputs are validated before anything runs."""
+        first = self.steps[0]
+        decode = None if isinstance(first, AsyncStep | CpuStep) else getattr(first, "decode_request", None)
+        return decode(item) if decode is not None else item
+
+    async def start(self) -> None:
+        for step in self.steps:
+            if isinstance(step, CpuStep) and step.kind == "process":
+                # Spawning takes a second or more: pay it at start-up, not on the first request.
+                await asyncio.get_running_loop().run_in_executor(None, step.pool.start)
+
+    async def run(self, engine: Engine, payloads: list[Any], deadline: float | None) -> list[Any]:
+        values = payloads
+        for step in self.steps:
+            if isinstance(step, AsyncStep):
+                values = await _each(step.fn(value, self.remote) for value in values)
+            elif isinstance(step, CpuStep):
+                values = await _each(step.pool.run(step.fn, value) for value in values)
+            else:
+                values = await stage(engine, model_name(step), values, deadline)
+        return values
+
+    async def aclose(self) -> None:
+        await self.remote.aclose()
+        for step in self.steps:
+            if isinstance(step, CpuStep):
+                step.pool.close()
+
+
+async def _each(awaitables: Any) -> list[Any]:
+    """Await all concurrently, in order; on the first failure cancel the rest and raise it."""
+    tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise

@@ -1,0 +1,1 @@
+"""Workers beside the lanes: CPU pools for pre- and post-processing."""
