@@ -22,6 +22,10 @@ class SentenceEmbedder(Model):
     max_batch_size = 32
     elastic = True
     example = "batchery warms this model up with a real sentence before it reports ready."
+    #: Length of every embedding (OpenAI's `dimensions`), and the KServe V2 tensors it takes and returns.
+    dimensions = 384
+    tensor_inputs = ({"name": "text", "datatype": "BYTES", "shape": [-1]},)
+    tensor_outputs = ({"name": "embedding", "datatype": "FP32", "shape": [-1, 384]},)
 
     def __init__(self, max_tokens: int = 256) -> None:
         self.max_tokens = max_tokens
@@ -60,6 +64,12 @@ class SentenceEmbedder(Model):
         session = self._session(cores.granted_cores())
         (embeddings,) = session.run(None, {"input_ids": ids, "attention_mask": mask})
         return list(embeddings)
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Word pieces per text as `predict` feeds them (special tokens in, truncated); for usage reports."""
+        if self._tokenizer is None:
+            raise RuntimeError("count_tokens needs the tokenizer: call setup() first")
+        return [sum(encoding.attention_mask) for encoding in self._tokenizer.encode_batch(texts)]
 
     def _session(self, granted: int) -> Any:
         fitting = [threads for threads in self._sessions if threads <= granted]

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 
 from batchery.config import Settings
 from batchery.engine import Engine
-from batchery.protocols import native, streaming, uploads
+from batchery.protocols import native, openai_compat, streaming, uploads
 
 
 class Protocol(_Protocol):
@@ -19,4 +19,4 @@ class Protocol(_Protocol):
 
 #: Adapters every app serves, in route order.
 # uploads comes before native: it takes multipart bodies and pipeline names, and lets the rest through.
-DEFAULT_PROTOCOLS: tuple[Protocol, ...] = (uploads, native, streaming)
+DEFAULT_PROTOCOLS: tuple[Protocol, ...] = (uploads, native, openai_compat, streaming)

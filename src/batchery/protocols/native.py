@@ -64,7 +64,11 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
     max_items = settings.max_items
 
     async def list_models() -> Response:
-        return json_response(orjson.dumps({"models": engine.models()}))
+        from batchery.protocols.openai_compat import model_objects
+
+        # One body for both clients: OpenAI's list ("object", "data") and batchery's own ("models").
+        infos = engine.models()
+        return json_response(orjson.dumps({"object": "list", "data": model_objects(infos), "models": infos}))
 
     # The predict endpoint reads the raw body and returns ready bytes: no per-request validation framework.
     async def predict(request: Request) -> Response:

@@ -1,0 +1,142 @@
+"""OpenAI embeddings over real sockets, with the official `openai` client and raw HTTP."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import openai
+import pytest
+
+from _golden import Letters, cases, replay
+from batchery.models.embedding import SentenceEmbedder
+from batchery.server import Server
+from batchery.testing import EchoModel, running_server, server_thread
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with running_server([Letters(), EchoModel()]) as server, httpx.AsyncClient(base_url=server.url) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def embedder_server() -> Iterator[Server]:
+    model = SentenceEmbedder()
+    model.workers = 1
+    model.max_batch_size = 4  # a list of ten texts needs three batches
+    with server_thread([model]) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def client(embedder_server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=embedder_server.url + "/v1", api_key="unused", max_retries=0)
+
+
+@pytest.mark.parametrize("case", cases("openai"), ids=lambda p: p.stem)
+async def test_golden(http: httpx.AsyncClient, case: Path) -> None:
+    await replay(http, case)
+
+
+def test_one_string(client: openai.OpenAI) -> None:
+    result = client.embeddings.create(model="all-minilm-l6-v2", input="The cat sat on the mat.")
+    assert result.model == "all-minilm-l6-v2"
+    assert len(result.data) == 1
+    vector = np.array(result.data[0].embedding)
+    assert vector.shape == (384,)
+    assert abs(np.linalg.norm(vector) - 1.0) < 1e-4
+    # [CLS] the cat sat on the mat . [SEP]
+    assert result.usage.prompt_tokens == result.usage.total_tokens == 9
+
+
+def test_a_list_split_across_batches_comes_back_in_order(client: openai.OpenAI, embedder_server: Server) -> None:
+    texts = [f"Sentence number {i} is about {topic}." for i, topic in enumerate("abcdefghij")]
+    one_by_one = [client.embeddings.create(model="all-minilm-l6-v2", input=t).data[0].embedding for t in texts]
+    batcher = embedder_server.engine.handle("all-minilm-l6-v2").batcher  # type: ignore[union-attr]
+    batches_before = batcher.stats.batches
+    together = client.embeddings.create(model="all-minilm-l6-v2", input=texts)
+    assert batcher.stats.batches - batches_before >= 3  # 10 inputs, at most 4 per batch
+    assert [d.index for d in together.data] == list(range(10))
+    for single, batched in zip(one_by_one, together.data, strict=True):
+        assert np.allclose(single, batched.embedding, atol=1e-5)
+    tokens = sum(client.embeddings.create(model="all-minilm-l6-v2", input=t).usage.prompt_tokens for t in texts)
+    assert together.usage.prompt_tokens == tokens
+
+
+def test_float_and_base64_encodings_agree(client: openai.OpenAI, embedder_server: Server) -> None:
+    floats = client.embeddings.create(model="all-minilm-l6-v2", input="hello", encoding_format="float")
+    # The client asks for base64 by itself when no format is given; check the raw form too.
+    raw = httpx.post(
+        embedder_server.url + "/v1/embeddings",
+        json={"model": "all-minilm-l6-v2", "input": "hello", "encoding_format": "base64"},
+    ).json()
+    decoded = np.frombuffer(base64.b64decode(raw["data"][0]["embedding"]), dtype="<f4")
+    assert np.array_equal(decoded, np.array(floats.data[0].embedding, dtype=np.float32))
+    default = client.embeddings.create(model="all-minilm-l6-v2", input="hello")
+    assert np.array_equal(np.array(default.data[0].embedding, dtype=np.float32), decoded)
+
+
+def test_native_dimensions_are_accepted_and_others_refused(client: openai.OpenAI) -> None:
+    ok = client.embeddings.create(model="all-minilm-l6-v2", input="hi", dimensions=384)
+    assert len(ok.data[0].embedding) == 384
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.embeddings.create(model="all-minilm-l6-v2", input="hi", dimensions=128)
+    assert caught.value.status_code == 400
+    assert "set it to 384" in caught.value.message
+    body = caught.value.body
+    assert isinstance(body, dict)
+    assert body["param"] == "dimensions"
+    assert body["type"] == "invalid_request_error"
+
+
+def test_unknown_model_and_bad_input_raise_the_clients_errors(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError, match="no model named 'text-embedding-3-small'"):
+        client.embeddings.create(model="text-embedding-3-small", input="hi")
+    with pytest.raises(openai.BadRequestError, match="the text is empty"):
+        client.embeddings.create(model="all-minilm-l6-v2", input=["fine", " "])
+
+
+def test_models_list_in_openai_shape(client: openai.OpenAI) -> None:
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["all-minilm-l6-v2"]
+    assert models.data[0].owned_by == "batchery"
+
+
+async def test_too_many_inputs_is_413_in_openai_shape() -> None:
+    async with running_server([Letters()], max_items=3) as server, httpx.AsyncClient(base_url=server.url) as http:
+        response = await http.post("/v1/embeddings", json={"model": "letters", "input": ["a", "b", "c", "d"]})
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert error["param"] == "input"
+    assert "limit is 3" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "says"),
+    [
+        (b"nope", None, "not valid JSON"),
+        (b"[]", None, "JSON object"),
+        (b'{"input": "x"}', "model", "provide a model"),
+        (b'{"model": "letters"}', "input", "provide an input"),
+        (b'{"model": "letters", "input": []}', "input", "non-empty"),
+        (b'{"model": "letters", "input": [1, 2]}', "input", "token arrays"),
+        (b'{"model": "letters", "input": "x", "encoding_format": "int8"}', "encoding_format", "'float' or 'base64'"),
+        (b'{"model": "letters", "input": "x", "dimensions": "4"}', "dimensions", "positive integer"),
+        (b'{"model": "letters", "input": ["a", 3]}', "input", "input 1: expected a string"),
+        (b'{"model": "echo", "input": "x"}', "model", "does not return embeddings"),
+    ],
+)
+async def test_bad_requests_get_openai_error_bodies(
+    http: httpx.AsyncClient, body: bytes, param: str | None, says: str
+) -> None:
+    response = await http.post("/v1/embeddings", content=body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert says in error["message"]
