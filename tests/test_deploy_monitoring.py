@@ -44,7 +44,8 @@ def test_dashboard_is_a_grafana_dashboard() -> None:
     for panel in dashboard["panels"]:
         assert panel["type"] in PANEL_TYPES, panel["title"]
         grid = panel["gridPos"]
-        assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24, f"{panel['title']} overflows the 24-column grid"
+        assert grid["x"] >= 0
+        assert grid["x"] + grid["w"] <= 24, f"{panel['title']} overflows the 24-column grid"
         if panel["type"] == "row":
             continue
         assert panel["targets"], f"{panel['title']} has no query"
