@@ -1,23 +1,27 @@
-"""The dynamic batcher of one model: a bounded queue on the event loop feeding a set of lanes.
+"""The dynamic batcher of one model: a bounded, fair queue on the event loop feeding a set of lanes.
 
-Event-driven, no polling: a batch is formed when an input arrives or a lane finishes.
+Event-driven, no polling: a batch is formed when an input arrives, a lane finishes or a flush timer fires.
 - "fixed": flush when `max_batch_size` inputs wait, or `max_delay` after the first one arrived.
-- "adaptive": a free lane takes what is queued now; while every lane is busy the queue grows into the next
-  batch by itself, so batches are as large as the load makes them and a lone request never waits.
-Expired and cancelled inputs are dropped before compute; a full queue is refused at once.
+- "adaptive": a free lane takes what is queued now unless waiting pays off (policy.py: the arrivals expected
+  during one batch's fixed cost outnumber the queue), bounded by `max_delay` and the queued deadlines.
+Expired and cancelled inputs are dropped before compute, inputs that cannot meet their deadline are refused at
+once, and a full queue sheds or refuses at once (scheduler.py). The effective batch cap shrinks on
+out-of-memory and grows back (oom.py). Lanes can be swapped for a new model version while batches run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from batchery.batching.lane import Lane
+from batchery.batching.oom import BatchCap, ItemError
+from batchery.batching.policy import ArrivalRate, CostModel, worth_waiting
 from batchery.batching.records import Batch, BatchResult, Item
+from batchery.batching.scheduler import DEFAULT_CLIENT, Scheduler
 from batchery.errors import DeadlineExceeded, Overloaded, PredictError
 from batchery.observer import NullObserver, Observer
 
@@ -33,6 +37,8 @@ class BatcherStats:
     largest_batch: int = 0
     expired: int = 0
     rejected: int = 0
+    shed: int = 0
+    oom_events: int = 0
 
 
 class Batcher:
@@ -49,28 +55,46 @@ class Batcher:
         cores: int,
         elastic: bool,
         observer: Observer | None = None,
+        max_batch_cost: int | None = None,
+        client_weight: Callable[[str], int] | None = None,
     ) -> None:
         self.name = name
         self.max_batch_size = max_batch_size
         self.max_delay = max_delay
         self.policy = policy
         self.max_queue = max_queue
+        self.max_batch_cost = max_batch_cost
         self.stats = BatcherStats()
+        self.observer: Observer = observer or NullObserver()
+        self.cap = BatchCap(max_batch_size)
+        self.costs = CostModel()
+        self.arrivals = ArrivalRate()
         self._cores = cores
         self._elastic = elastic
-        self.observer: Observer = observer or NullObserver()
-        self._queue: deque[Item] = deque()
+        self._queue = Scheduler(max_queue, client_weight)
         self._lanes: list[Lane] = []
         self._idle: list[Lane] = []
         self._running = 0
         self._wide_running = False
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._drained: asyncio.Event | None = None
 
-    def attach(self, lanes: Sequence[Lane]) -> None:
-        """Start feeding `lanes` (all idle)."""
+    def attach(self, lanes: Sequence[Lane]) -> list[Lane]:
+        """Feed `lanes` from now on; return the previous lanes, which finish their running batch and retire."""
+        previous = self._lanes
+        idle_previous = [lane for lane in self._idle if lane in previous]
         self._lanes = list(lanes)
         self._idle = list(lanes)
+        self._wide_running = False
+        for lane in idle_previous:
+            lane.stop()
+        self._dispatch()
+        return previous
+
+    @property
+    def lanes(self) -> list[Lane]:
+        return self._lanes
 
     @property
     def queued(self) -> int:
@@ -81,44 +105,102 @@ class Batcher:
         """Items queued or being computed."""
         return len(self._queue) + self._running
 
-    def submit(self, items: Sequence[Item]) -> None:
-        """Queue `items` together (all or none); raise Overloaded when the queue cannot take them."""
-        if len(self._queue) + len(items) > self.max_queue:
-            self.stats.rejected += len(items)
-            self.observer.rejected(self.name, "queue_full", len(items))
-            raise Overloaded(
-                f"model '{self.name}' has {len(self._queue)} inputs queued (limit {self.max_queue}); "
-                "retry shortly or add replicas",
-                retry_after=1.0,
-            )
-        self._queue.extend(items)
+    def new_item(
+        self, payload: Any, loop: asyncio.AbstractEventLoop, deadline: float | None = None, cost: int = 1
+    ) -> Item:
+        return Item(payload, loop.create_future(), time.monotonic(), deadline, cost)
+
+    def submit(self, items: Sequence[Item], *, client: str = DEFAULT_CLIENT, priority: int = 0) -> None:
+        """Queue `items`; raise Overloaded if none could be queued, DeadlineExceeded if they cannot make it.
+
+        When the queue is full, another client's backlog may be shed for them (those get 503); items of this
+        call that could not be queued get 503 through their futures, unless all failed (then it raises).
+        """
+        now = time.monotonic()
+        self._refuse_hopeless(items, now)
+        shed = self._queue.push(items, client, priority)
+        if shed:
+            refused = [item for item in shed if item in items]
+            if len(refused) == len(items):
+                self.stats.rejected += len(items)
+                self.observer.rejected(self.name, "queue_full", len(items))
+                raise self._overloaded()
+            for item in shed:
+                if not item.future.done():
+                    item.future.set_exception(self._overloaded())
+            self.stats.shed += len(shed)
+            self.observer.rejected(self.name, "queue_full", len(shed))
+        self.arrivals.observe(now, len(items))
         self._dispatch()
+
+    def _overloaded(self) -> Overloaded:
+        return Overloaded(
+            f"model '{self.name}' has {len(self._queue)} inputs queued (limit {self.max_queue}); "
+            "retry shortly or add replicas",
+            retry_after=1.0,
+        )
+
+    def _refuse_hopeless(self, items: Sequence[Item], now: float) -> None:
+        """Refuse at once inputs whose deadline is sooner than a batch of one can possibly take."""
+        if not self.costs.trained:
+            return
+        soonest = min((item.deadline for item in items if item.deadline is not None), default=None)
+        if soonest is not None and soonest - now < self.costs.cost(1):
+            self.stats.expired += len(items)
+            self.observer.rejected(self.name, "deadline", len(items))
+            raise DeadlineExceeded(
+                f"the request's deadline ({(soonest - now) * 1000:.1f} ms away) is sooner than model "
+                f"'{self.name}' can compute even one input (~{self.costs.cost(1) * 1000:.1f} ms)"
+            )
 
     def on_result(self, lane: Lane, result: BatchResult) -> None:
         """Called on the loop when `lane` finishes a batch: answer its items, then form the next batch."""
         batch = result.batch
         self._running -= len(batch.items)
-        if batch.cores > 1 and len(self._lanes) > 1:
-            self._wide_running = False
-        self._idle.append(lane)
-        if result.error is not None:
-            error = result.error
-            if not isinstance(error, PredictError):
-                wrapped = PredictError(f"model '{self.name}' failed on a batch of {len(batch.items)}: {error!r}")
-                wrapped.__cause__ = error
-                error = wrapped
-            for item in batch.items:
-                if not item.future.done():
-                    item.future.set_exception(error)
+        if lane in self._lanes:
+            if batch.cores > 1 and len(self._lanes) > 1:
+                self._wide_running = False
+            self._idle.append(lane)
         else:
-            assert result.outputs is not None  # a lane returns outputs or an error, never neither
-            for item, output in zip(batch.items, result.outputs, strict=True):
-                if not item.future.done():
-                    item.future.set_result(output)
+            lane.stop()  # a previous version's lane: its last batch is done, release it
+        self._answer(result)
+        self._learn(result)
         self.observer.batch_done(self.name, result)
         self._dispatch()
         if self._drained is not None and self.in_flight == 0:
             self._drained.set()
+
+    def _answer(self, result: BatchResult) -> None:
+        items = result.batch.items
+        if result.error is not None:
+            error = result.error
+            if not isinstance(error, PredictError):
+                wrapped = PredictError(f"model '{self.name}' failed on a batch of {len(items)}: {error!r}")
+                wrapped.__cause__ = error
+                error = wrapped
+            for item in items:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            return
+        assert result.outputs is not None  # a lane returns outputs or an error, never neither
+        for item, output in zip(items, result.outputs, strict=True):
+            item.version = result.version
+            if item.future.done():
+                continue
+            if isinstance(output, ItemError):
+                item.future.set_exception(output.error)
+            else:
+                item.future.set_result(output)
+
+    def _learn(self, result: BatchResult) -> None:
+        size = len(result.batch.items)
+        if result.failed_sizes:
+            for failed in result.failed_sizes:
+                self.cap.failed(failed)
+            self.stats.oom_events += len(result.failed_sizes)
+        elif result.error is None:
+            self.cap.succeeded(size)
+            self.costs.observe(size, result.compute_seconds)
 
     async def drain(self) -> None:
         """Wait until nothing is queued or computing."""
@@ -130,12 +212,12 @@ class Batcher:
     def _dispatch(self) -> None:
         queue = self._queue
         while queue and self._idle and not self._wide_running:
-            if self.policy == "fixed" and len(queue) < self.max_batch_size:
-                flush_at = queue[0].enqueued_at + self.max_delay
-                if time.monotonic() < flush_at:
-                    self._arm_timer(flush_at)
-                    return
-            items = self._take()
+            now = time.monotonic()
+            flush_at = self._flush_at(now)
+            if flush_at > now:
+                self._arm_timer(flush_at)
+                return
+            items = self._take(now)
             if not items:
                 continue
             all_idle = len(self._idle) == len(self._lanes)
@@ -148,37 +230,67 @@ class Batcher:
             self.stats.batches += 1
             self.stats.items += len(items)
             self.stats.largest_batch = max(self.stats.largest_batch, len(items))
-            now = time.monotonic()
             lane.compute(Batch(items, cores, now, [item.payload for item in items]))
 
-    def _take(self) -> list[Item]:
-        """Pop up to `max_batch_size` live items; answer expired ones with 504 and skip cancelled ones."""
-        queue = self._queue
+    def _flush_at(self, now: float) -> float:
+        """When the queued items should be sent to a lane: `now` or later, if waiting for more pays off."""
+        queued = len(self._queue)
+        cap = self.cap.value
+        if queued >= cap:
+            return now
+        oldest = self._queue.oldest()
+        if oldest is None:
+            return now
+        if self.policy == "fixed":
+            return oldest.enqueued_at + self.max_delay
+        # adaptive: never wait when every lane is idle (a lone request goes at once), nor before the cost
+        # model is trained, nor when the arrivals expected during one batch's fixed cost would not add up.
+        if len(self._idle) == len(self._lanes) or not self.costs.trained:
+            return now
+        if not worth_waiting(queued, cap, self.costs.fixed, self.arrivals.rate(now)):
+            return now
+        latest = oldest.enqueued_at + min(self.max_delay, self.costs.fixed)
+        soonest_deadline = min((i.deadline for i in self._queue.items() if i.deadline is not None), default=None)
+        if soonest_deadline is not None:
+            latest = min(latest, soonest_deadline - self.costs.cost(cap))
+        return latest
+
+    def _take(self, now: float) -> list[Item]:
+        """Pop up to the cap of live items (and the cost cap); answer expired ones with 504, skip cancelled ones."""
         items: list[Item] = []
-        now = time.monotonic()
-        while queue and len(items) < self.max_batch_size:
-            item = queue.popleft()
+        limit = self.cap.value
+        budget = self.max_batch_cost
+        cost = 0
+        estimate = self.costs.cost(1) if self.costs.trained else 0.0
+        for item in self._queue.pop(limit):
             if item.future.done():  # the client went away
                 continue
-            if item.deadline is not None and item.deadline <= now:
+            if item.deadline is not None and item.deadline <= now + estimate:
                 self.stats.expired += 1
                 self.observer.rejected(self.name, "deadline", 1)
                 item.future.set_exception(
-                    DeadlineExceeded(f"the request's deadline passed after {now - item.enqueued_at:.3f}s in the queue")
+                    DeadlineExceeded(
+                        f"the request's deadline could not be met: it waited {now - item.enqueued_at:.3f}s in the "
+                        f"queue of model '{self.name}'"
+                    )
                 )
                 continue
+            if budget is not None and items and cost + item.cost > budget:
+                self._queue.requeue(item)  # over the cost cap: first in line for the next batch
+                break
+            cost += item.cost
             items.append(item)
         return items
 
     def _arm_timer(self, when: float) -> None:
         if self._timer is not None:
+            if self._timer_at <= when:
+                return
             self._timer.cancel()
         loop = asyncio.get_running_loop()
+        self._timer_at = when
         self._timer = loop.call_at(loop.time() + max(0.0, when - time.monotonic()), self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         self._dispatch()
-
-    def new_item(self, payload: Any, loop: asyncio.AbstractEventLoop, deadline: float | None = None) -> Item:
-        return Item(payload, loop.create_future(), time.monotonic(), deadline)

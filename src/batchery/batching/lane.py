@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from batchery.batching.oom import ItemError, predict_splitting
 from batchery.batching.records import Batch, BatchResult
 from batchery.cores import granted
 from batchery.errors import PredictError
@@ -32,9 +33,12 @@ class Lane:
         name: str,
         loop: asyncio.AbstractEventLoop,
         on_result: Callable[[Lane, BatchResult], None],
+        version: str = "1",
     ) -> None:
         self.model = model
         self.name = name
+        #: The model version this lane computes; every result it hands back carries it.
+        self.version = version
         self._loop = loop
         self._on_result = on_result
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -76,17 +80,22 @@ class Lane:
     def _compute(self, batch: Batch) -> BatchResult:
         model = self.model
         started = time.perf_counter()
+        failed_sizes: list[int] = []
         try:
             with granted(batch.cores):
-                outputs = model.predict(batch.payloads)
-            if not isinstance(outputs, list | tuple) or len(outputs) != len(batch.payloads):
-                got = len(outputs) if isinstance(outputs, list | tuple) else type(outputs).__name__
-                raise PredictError(
-                    f"model '{self.name}' returned {got} outputs for a batch of {len(batch.payloads)} inputs. "
-                    "Hint: predict must return a list with one output per input, in order"
-                )
+                outputs = predict_splitting(self._checked_predict, batch.payloads, failed_sizes)
             encode = model.encode_response
-            encoded = [encode(output) for output in outputs]
-        except Exception as exc:
-            return BatchResult(batch, None, exc, time.perf_counter() - started)
-        return BatchResult(batch, encoded, None, time.perf_counter() - started)
+            encoded = [output if isinstance(output, ItemError) else encode(output) for output in outputs]
+        except Exception as exc:  # one bad batch must never end the lane
+            return BatchResult(batch, None, exc, time.perf_counter() - started, self.version, failed_sizes)
+        return BatchResult(batch, encoded, None, time.perf_counter() - started, self.version, failed_sizes)
+
+    def _checked_predict(self, payloads: list[Any]) -> list[Any]:
+        outputs = self.model.predict(payloads)
+        if not isinstance(outputs, list | tuple) or len(outputs) != len(payloads):
+            got = len(outputs) if isinstance(outputs, list | tuple) else type(outputs).__name__
+            raise PredictError(
+                f"model '{self.name}' returned {got} outputs for a batch of {len(payloads)} inputs. "
+                "Hint: predict must return a list with one output per input, in order"
+            )
+        return list(outputs)

@@ -16,6 +16,10 @@ class Item:
     enqueued_at: float
     #: Monotonic time after which computing this item is pointless; None for no deadline.
     deadline: float | None = None
+    #: Size of the input in the model's cost unit (1, or tokens, pixels...), counted against the batch cost cap.
+    cost: int = 1
+    #: The model version that computed it, set when its future is resolved.
+    version: str = ""
 
 
 @dataclass(slots=True)
@@ -33,6 +37,10 @@ class BatchResult:
     """What a lane hands back: one output per item, in order, or one error for the whole batch."""
 
     batch: Batch
+    #: One output per item; an `oom.ItemError` in a slot fails that item alone.
     outputs: list[Any] | None
     error: BaseException | None
     compute_seconds: float
+    version: str = ""
+    #: Batch sizes that ran out of memory while computing this batch (it was split and retried).
+    failed_sizes: list[int] = field(default_factory=list)

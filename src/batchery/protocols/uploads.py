@@ -72,6 +72,7 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
         "/v1/models/{name}/predict",
         predict,
         methods=["POST"],
+        operation_id="predict_upload",  # shares its path with the native predict route
         summary="Upload one or several files (multipart/form-data): each file is an input",
         openapi_extra={
             "requestBody": {

@@ -1,0 +1,74 @@
+"""What the adaptive policy learns online: the cost of a batch by its size, and the arrival rate.
+
+Waiting for more inputs while a lane is free pays off only if the arrivals expected during one batch's fixed
+cost outnumber what is queued: with cost(n) = a + c·n and arrival rate λ, the throughput of a batch formed after
+waiting w, (n + λw) / (a + c(n + λw) + w), grows with w exactly when λ·a > n. So at low load (λ·a < 1) a lone
+request goes at once; under load batches grow until n reaches λ·a, the cap, the delay bound or a deadline.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+
+class CostModel:
+    """Least-squares fit of batch seconds = fixed + per_item · size over the most recent batches."""
+
+    def __init__(self, window: int = 64) -> None:
+        self._samples: deque[tuple[int, float]] = deque(maxlen=window)
+        self.fixed = 0.0
+        self.per_item = 0.0
+
+    def observe(self, size: int, seconds: float) -> None:
+        self._samples.append((size, seconds))
+        self._fit()
+
+    @property
+    def trained(self) -> bool:
+        return len(self._samples) >= 4
+
+    def cost(self, size: int) -> float:
+        """Expected seconds to compute a batch of `size` (0 until trained)."""
+        return self.fixed + self.per_item * size
+
+    def _fit(self) -> None:
+        samples = self._samples
+        count = len(samples)
+        mean_x = sum(s for s, _ in samples) / count
+        mean_y = sum(t for _, t in samples) / count
+        var_x = sum((s - mean_x) ** 2 for s, _ in samples)
+        if var_x == 0:  # every batch had the same size: attribute it all to per-item cost
+            self.fixed, self.per_item = 0.0, mean_y / max(mean_x, 1.0)
+            return
+        slope = sum((s - mean_x) * (t - mean_y) for s, t in samples) / var_x
+        slope = max(slope, 0.0)
+        self.per_item = slope
+        self.fixed = max(mean_y - slope * mean_x, 0.0)
+
+
+class ArrivalRate:
+    """Exponentially weighted arrival rate in items per second, decaying over `half_life` seconds."""
+
+    def __init__(self, half_life: float = 0.5) -> None:
+        self._half_life = half_life
+        self._rate = 0.0
+        self._last: float | None = None
+
+    def observe(self, now: float, count: int = 1) -> None:
+        if self._last is None:
+            self._last = now
+            return
+        elapsed = max(now - self._last, 1e-6)
+        self._last = now
+        decay = 0.5 ** (elapsed / self._half_life)
+        self._rate = self._rate * decay + (1 - decay) * (count / elapsed)
+
+    def rate(self, now: float) -> float:
+        if self._last is None:
+            return 0.0
+        return float(self._rate * 0.5 ** (max(now - self._last, 0.0) / self._half_life))
+
+
+def worth_waiting(queued: int, cap: int, fixed_cost: float, rate: float) -> bool:
+    """True when waiting for more inputs raises throughput: λ·a > n, and the batch is not full."""
+    return queued < cap and rate * fixed_cost > queued

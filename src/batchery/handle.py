@@ -1,0 +1,259 @@
+"""One served model: its batcher, and the lanes of its current version (each lane owns a copy of the model).
+
+A reload builds and warms up the new version's lanes beside the running ones, then swaps them into the batcher
+in one step on the event loop: batches already running finish on the old lanes, which are then stopped and
+their model copies released. A failed reload leaves the old version serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from batchery import cores
+from batchery.batching.batcher import POLICIES, Batcher
+from batchery.batching.lane import Lane
+from batchery.batching.oom import predict_splitting
+from batchery.batching.streaming import StreamingModel
+from batchery.errors import ConfigError, ModelLoadError
+from batchery.model import model_name
+from batchery.observer import Observer
+
+log = logging.getLogger("batchery.engine")
+
+#: How many previous versions `rollback` can go back to.
+HISTORY = 3
+
+
+@dataclass(slots=True)
+class ModelInfo:
+    """What `/v1/models` reports for one model."""
+
+    name: str
+    version: str
+    status: str
+    device: str
+    workers: int
+    max_batch_size: int
+    max_delay_ms: float
+    batching: str
+    queued: int
+    load_seconds: float | None
+    batch_cap: int = 0
+    previous_versions: list[str] | None = None
+
+
+@dataclass(slots=True)
+class Source:
+    """How to build a version again: a prototype (never set up) and, for models from a file, how to re-import."""
+
+    prototype: Any
+    version: str
+    reimport: Callable[[], Any] | None = None
+
+
+class ModelHandle:
+    """One served model: its lanes, each with its own instance, and its batcher."""
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        total_cores: int,
+        workers: int | None = None,
+        device: str = "cpu",
+        observer: Observer | None = None,
+        reimport: Callable[[], Any] | None = None,
+    ) -> None:
+        model = _streaming(model)
+        self.name = model_name(model)
+        self.prototype = model
+        self.device = device
+        self.version = str(getattr(model, "version", "1"))
+        self.workers = int(workers or getattr(model, "workers", None) or total_cores)
+        self.total_cores = total_cores
+        self.elastic = bool(getattr(model, "elastic", False))
+        self.max_batch_size = int(getattr(model, "max_batch_size", 32))
+        self.max_delay_ms = float(getattr(model, "max_delay_ms", 5.0))
+        self.policy = str(getattr(model, "batching", "adaptive"))
+        self.status = "pending"
+        self.load_seconds: float | None = None
+        self.reloads = 0
+        self._validate()
+        self.batcher = Batcher(
+            self.name,
+            max_batch_size=self.max_batch_size,
+            max_delay=self.max_delay_ms / 1000.0,
+            policy=self.policy,
+            max_queue=int(getattr(model, "max_queue_per_worker", 256)) * self.workers,
+            cores=total_cores,
+            elastic=self.elastic,
+            observer=observer,
+            max_batch_cost=getattr(model, "max_batch_cost", None),
+        )
+        self.lanes: list[Lane] = []
+        self.source = Source(model, self.version, reimport)
+        self.history: deque[Source] = deque(maxlen=HISTORY)
+        self._reloading = asyncio.Lock()
+
+    def _validate(self) -> None:
+        where = f"model '{self.name}'"
+        if not callable(getattr(self.prototype, "predict", None)):
+            raise ConfigError(f"{where} has no predict(batch) method. Hint: subclass batchery.Model")
+        if self.workers < 1 or self.max_batch_size < 1:
+            raise ConfigError(f"{where}: workers and max_batch_size must be >= 1")
+        if self.max_delay_ms < 0:
+            raise ConfigError(f"{where}: max_delay_ms must be >= 0")
+        if self.policy not in POLICIES:
+            raise ConfigError(f"{where}: batching must be one of {', '.join(POLICIES)}, not {self.policy!r}")
+
+    @property
+    def decoder(self) -> Any:
+        """The instance whose `decode_request` validates inputs on the loop: the first lane's, once set up."""
+        return self.lanes[0].model if self.lanes else self.prototype
+
+    async def load(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Copy the model per worker, run `setup` and warm-up batches on each lane; raise ModelLoadError."""
+        started = time.monotonic()
+        self.status = "loading"
+        try:
+            self.lanes = await self._build(loop, self.prototype, self.version)
+        except ModelLoadError:
+            self.status = "failed"
+            raise
+        self.batcher.attach(self.lanes)
+        self.load_seconds = time.monotonic() - started
+        self.status = "ready"
+        log.info("model '%s' loaded and warmed up on %d worker(s) in %.2fs", self.name, self.workers, self.load_seconds)
+
+    async def reload(self, prototype: Any = None, version: str | None = None) -> str:
+        """Load a new version beside the current one, then swap atomically; return the new version label.
+
+        With no `prototype`, the model is built again from its source (re-imported when it came from a file,
+        so new code and weights are picked up). On failure the current version keeps serving.
+        """
+        async with self._reloading:
+            loop = asyncio.get_running_loop()
+            if prototype is None:
+                prototype = self.source.reimport() if self.source.reimport else self.source.prototype
+            prototype = _streaming(prototype)
+            label = version or str(getattr(prototype, "version", "") or "") or self.version
+            if label == self.version:
+                label = f"{label}.{self.reloads + 1}"
+            started = time.monotonic()
+            lanes = await self._build(loop, prototype, label)
+            previous = self.source
+            self.history.append(previous)
+            self.source = Source(prototype, label, previous.reimport)
+            self.prototype = prototype
+            self.lanes = lanes
+            self.version = label
+            self.reloads += 1
+            self.batcher.attach(lanes)  # the swap: from here every new batch runs on the new version
+            log.info("model '%s' now serves version %s (loaded in %.2fs)", self.name, label, time.monotonic() - started)
+            return label
+
+    async def rollback(self) -> str:
+        """Serve the previous version again (built afresh from its prototype); return its label."""
+        if not self.history:
+            raise ConfigError(f"model '{self.name}' has no previous version to roll back to")
+        previous = self.history.pop()
+        current = self.source
+        label = await self.reload(previous.prototype, previous.version)
+        self.history.pop()  # reload pushed the version we are leaving; roll-forward is a reload, not history
+        self.history.append(current)
+        return label
+
+    async def _build(self, loop: asyncio.AbstractEventLoop, prototype: Any, version: str) -> list[Lane]:
+        lanes = [
+            Lane(
+                copy.deepcopy(prototype),
+                name=f"batchery-{self.name}-{index}",
+                loop=loop,
+                on_result=self.batcher.on_result,
+                version=version,
+            )
+            for index in range(self.workers)
+        ]
+        try:
+            failed_sizes = await asyncio.gather(*(asyncio.wrap_future(lane.call(self._set_up(lane))) for lane in lanes))
+        except Exception as exc:
+            for lane in lanes:
+                lane.stop()
+            raise ModelLoadError(
+                f"model '{self.name}' (version {version}) failed to load: {exc!r}. Fix the model's setup() or its "
+                "files, then start the server again (or retry the reload)"
+            ) from exc
+        for size in sorted({size for sizes in failed_sizes for size in sizes}):
+            self.batcher.cap.failed(size)  # warm-up found the memory limit: start below it
+        return lanes
+
+    def _set_up(self, lane: Lane) -> Callable[[], list[int]]:
+        device = self.device
+        sizes = sorted({1, self.max_batch_size})
+        share = max(1, self.total_cores // self.workers)
+        grants = sorted({share, self.total_cores}) if self.elastic else [share]
+
+        def run() -> list[int]:
+            model = lane.model
+            setup = getattr(model, "setup", None)
+            if setup is not None:
+                with cores.granted(share):  # during setup, granted_cores() is this lane's share
+                    setup(device)
+            example = getattr(model, "example", None)
+            failed: list[int] = []
+            if example is None:
+                return failed
+            decoded = model.decode_request(example)
+            for grant in grants:
+                for size in sizes:
+                    started = time.perf_counter()
+                    with cores.granted(grant):
+                        outputs = predict_splitting(model.predict, [decoded] * size, failed)
+                    if len(outputs) != size:
+                        raise ModelLoadError(f"warm-up: predict returned {len(outputs)} outputs for {size} inputs")
+                    for output in outputs:
+                        model.encode_response(output)
+                    log.debug(
+                        "model '%s' warm-up: batch %d on %d core(s) in %.3fs",
+                        self.name,
+                        size,
+                        grant,
+                        time.perf_counter() - started,
+                    )
+            return failed
+
+        return run
+
+    def close(self) -> None:
+        for lane in self.lanes:
+            lane.stop()
+
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            name=self.name,
+            version=self.version,
+            status=self.status,
+            device=self.device,
+            workers=self.workers,
+            max_batch_size=self.max_batch_size,
+            max_delay_ms=self.max_delay_ms,
+            batching=self.policy,
+            queued=self.batcher.queued,
+            load_seconds=self.load_seconds,
+            batch_cap=self.batcher.cap.value,
+            previous_versions=[source.version for source in self.history],
+        )
+
+
+def _streaming(model: Any) -> Any:
+    # Streaming (issue 5): a model that yields steps runs behind an adapter that lanes batch as usual.
+    if getattr(model, "stream", False) and not isinstance(model, StreamingModel):
+        return StreamingModel(model)
+    return model
