@@ -63,7 +63,8 @@ def _lane(session: Any, tok: Any, texts: list[str], batch: int, stop: float, cou
 
 
 def measure(seconds: float, batches: list[int]) -> dict[str, Any]:
-    texts = [line for line in open(os.path.join(os.path.dirname(__file__), "sentences.txt")).read().splitlines()]
+    with open(os.path.join(os.path.dirname(__file__), "sentences.txt")) as f:
+        texts = f.read().splitlines()
     tok = _tokenizer()
     results: dict[str, Any] = {}
     for name, lanes, threads in (("1x2", 1, 2), ("2x1", 2, 1)):

@@ -37,8 +37,13 @@ def markdown(results: dict[str, Any]) -> str:
         ]
         lines += [f"| {k} | {v['sentences_per_s']:.0f} | {v['p50_call_ms']:.2f} |" for k, v in off["runs"].items()]
     for workload, servers in results.get("workloads", {}).items():
-        lines += ["", f"## {workload}", "", "| server | load | req/s | ratio | p50 ms | p95 ms | p99 ms | errors "
-                  "| wrk CPU | best config |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## {workload}",
+            "",
+            "| server | load | req/s | ratio | p50 ms | p95 ms | p99 ms | errors | wrk CPU | best config |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for name, res in servers.items():
             if "closed" not in res:
                 lines.append(f"| {name} | - | failed: {res.get('error', '?')[:120]} | | | | | | | |")
@@ -51,9 +56,13 @@ def markdown(results: dict[str, Any]) -> str:
                 )
         opens = {n: r["open"] for n, r in servers.items() if r.get("open")}
         if opens:
-            lines += ["", f"Open loop ({workload}, batchery's generator; latency from the intended send time):", "",
-                      "| server | offered/s | ok/s | p50 ms | p99 ms | rejected | errors | client CPU |",
-                      "|---|---|---|---|---|---|---|---|"]
+            lines += [
+                "",
+                f"Open loop ({workload}, batchery's generator; latency from the intended send time):",
+                "",
+                "| server | offered/s | ok/s | p50 ms | p99 ms | rejected | errors | client CPU |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
             for name, points in opens.items():
                 for p in points:
                     lines.append(
@@ -87,6 +96,11 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
             if points:
                 series[name] = points
         if series:
-            written.append(latency_vs_throughput(series, out / f"{workload}.png", title=f"{workload}: latency vs "
-                                                 "throughput (closed c1/c16/c64 and open-loop points)"))
+            written.append(
+                latency_vs_throughput(
+                    series,
+                    out / f"{workload}.png",
+                    title=f"{workload}: latency vs throughput (closed c1/c16/c64 and open-loop points)",
+                )
+            )
     return written

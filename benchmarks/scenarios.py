@@ -43,7 +43,9 @@ def overload(results: dict[str, Any], duration: float, log_dir: Path, log: Calla
         "alive_after": alive,
     }
     out["targets_met"] = bool(
-        alive and out["goodput_share"] >= 0.9 and (out["rejected_p99_ms"] or 0) < 5
+        alive
+        and out["goodput_share"] >= 0.9
+        and (out["rejected_p99_ms"] or 0) < 5
         and (out["accepted_p99_over_unloaded"] or 99) < 3
     )
     log(f"  overload: {out}")

@@ -10,7 +10,7 @@ declare -A PKGS=(
   [pytriton]="nvidia-pytriton"
   [litserve]="litserve"
   [fastapi]="fastapi uvicorn[standard]"
-  [granian]="granian[uvloop]"
+  [granian]="granian[uvloop] prometheus-client"
 )
 peers=("$@")
 [ ${#peers[@]} -eq 0 ] && peers=(mosec pytriton litserve fastapi granian)

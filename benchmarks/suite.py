@@ -79,7 +79,7 @@ def measure_peer(peer_name: str, workload: str, args: argparse.Namespace, log_di
                 result = _closed_block(server.url, workload, peer_name, LOADS, args.duration)
             sweep.append({"knobs": knobs, "loads": result})
             for c, r in result.items():
-                log(f"  c{c}: {r['throughput']:.0f} req/s p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} err {r['errors']}")
+                log(f"  c{c}: {r['throughput']:.0f} req/s p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} e {r['errors']}")
         except Exception as exc:
             log(f"  FAILED: {exc}")
             sweep.append({"knobs": knobs, "error": str(exc)})
@@ -90,8 +90,7 @@ def measure_peer(peer_name: str, workload: str, args: argparse.Namespace, log_di
     best: dict[int, dict[str, Any]] = {}
     for c in LOADS:
         # At one connection latency matters; under load, throughput.
-        key = (lambda s: -s["loads"][c]["p50_ms"]) if c == 1 else (lambda s: s["loads"][c]["throughput"])
-        winner = max(good, key=key)
+        winner = max(good, key=lambda s, c=c: -s["loads"][c]["p50_ms"] if c == 1 else s["loads"][c]["throughput"])
         best[c] = {"knobs": winner["knobs"], "runs": [winner["loads"][c]]}
     for knobs in {b["knobs"] for b in best.values()}:
         loads = tuple(c for c in LOADS if best[c]["knobs"] == knobs)
@@ -112,8 +111,9 @@ def _plain(sweep: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{**s, "knobs": s["knobs"].label()} for s in sweep]
 
 
-def open_sweep(peer_name: str, workload: str, knobs: Knobs, rates: list[float], args: argparse.Namespace,
-               log_dir: Path) -> list[dict[str, Any]]:
+def open_sweep(
+    peer_name: str, workload: str, knobs: Knobs, rates: list[float], args: argparse.Namespace, log_dir: Path
+) -> list[dict[str, Any]]:
     peer = PEERS_ALL[peer_name]
     points = []
     log(f"{peer_name} {workload}: open loop at {', '.join(f'{r:.0f}' for r in rates)} req/s ({knobs.label()})")
@@ -123,8 +123,11 @@ def open_sweep(peer_name: str, workload: str, knobs: Knobs, rates: list[float], 
             loadgen.closed_loop(server.url, body_list, 16, 2.0)
             for rate in rates:
                 point = loadgen.open_loop(server.url, body_list, rate, args.duration)
-                log(f"  {rate:.0f}/s: {point['throughput']:.0f} ok/s p50 {point['p50_ms']:.1f} p99 {point['p99_ms']:.1f}"
-                    f" rejected {point['rejected']} errors {point['errors']} client CPU {point['client_cpu']:.0%}")
+                log(
+                    f"  {rate:.0f}/s: {point['throughput']:.0f} ok/s p50 {point['p50_ms']:.1f}"
+                    f" p99 {point['p99_ms']:.1f} rejected {point['rejected']} errors {point['errors']}"
+                    f" client CPU {point['client_cpu']:.0%}"
+                )
                 points.append(point)
     except Exception as exc:
         log(f"  FAILED: {exc}")
@@ -154,15 +157,23 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown server(s) {unknown}; choose from {', '.join(PEERS_ALL)}")
     log_dir = args.out / "raw" / "logs"
     started = time.strftime("%Y-%m-%d %H:%M:%S")
-    results: dict[str, Any] = {"command": command, "started": started, "quick": args.quick, "runs": args.runs,
-                               "duration_s": args.duration, "workloads": {}}
+    results: dict[str, Any] = {
+        "command": command,
+        "started": started,
+        "quick": args.quick,
+        "runs": args.runs,
+        "duration_s": args.duration,
+        "workloads": {},
+    }
     try:
         log("offline limit")
         with locked():
             results["offline"] = offline_limit(1.5 if args.quick else 3.0)
         best = results["offline"]["best"]
-        log(f"  best {best['sentences_per_s']:.0f} sentences/s ({best['layout']}, batch {best['batch']});"
-            f" batch-1 latency {results['offline']['batch1_best_latency_ms']:.2f} ms")
+        log(
+            f"  best {best['sentences_per_s']:.0f} sentences/s ({best['layout']}, batch {best['batch']});"
+            f" batch-1 latency {results['offline']['batch1_best_latency_ms']:.2f} ms"
+        )
         time.sleep(args.pause)
         for workload in workloads:
             per_server: dict[str, Any] = {}

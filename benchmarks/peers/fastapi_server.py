@@ -9,10 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import uvicorn
+from embedder import Embedder, answer, config
 from fastapi import FastAPI
 from pydantic import BaseModel
-
-from embedder import Embedder, answer, config
 
 
 class Body(BaseModel):

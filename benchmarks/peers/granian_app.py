@@ -13,6 +13,6 @@ from batchery import Engine
 from batchery.app.factory import create_app
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from echo_model import Echo  # noqa: E402
+from echo_model import Echo
 
 app = create_app(Engine([Echo()]))

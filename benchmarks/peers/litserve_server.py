@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 import litserve as ls
-
 from embedder import Embedder, answer, config, texts_of
 
 _CFG = config()

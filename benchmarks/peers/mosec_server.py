@@ -10,9 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from mosec import Server, Worker
-
 from embedder import Embedder, answer, config, texts_of
+from mosec import Server, Worker
 
 _CFG = config()
 
@@ -53,7 +52,5 @@ class NoopAnswer(_Base):
 if __name__ == "__main__":
     server = Server()
     worker = NoopAnswer if _CFG["workload"] == "noop" else Embed
-    server.append_worker(
-        worker, num=_CFG["workers"], max_batch_size=_CFG["batch"], max_wait_time=int(_CFG["wait_ms"])
-    )
+    server.append_worker(worker, num=_CFG["workers"], max_batch_size=_CFG["batch"], max_wait_time=int(_CFG["wait_ms"]))
     server.run()

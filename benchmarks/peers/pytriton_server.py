@@ -8,11 +8,10 @@ interpreter's libpython first on LD_LIBRARY_PATH and sets PYTRITON_HOME (see doc
 from __future__ import annotations
 
 import numpy as np
+from embedder import Embedder, config
 from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig
-
-from embedder import Embedder, config
 
 _CFG = config()
 
@@ -37,9 +36,11 @@ def _echo(text: np.ndarray) -> dict[str, np.ndarray]:
 if __name__ == "__main__":
     noop = _CFG["workload"] == "noop"
     funcs = [_echo if noop else _embed_fn() for _ in range(_CFG["workers"])]
-    outputs = [Tensor(name="output", dtype=bytes, shape=(1,))] if noop else [
-        Tensor(name="embedding", dtype=np.float32, shape=(384,))
-    ]
+    outputs = (
+        [Tensor(name="output", dtype=bytes, shape=(1,))]
+        if noop
+        else [Tensor(name="embedding", dtype=np.float32, shape=(384,))]
+    )
     port = _CFG["port"]
     triton_config = TritonConfig(http_address="127.0.0.1", http_port=port, grpc_port=port + 1, metrics_port=port + 2)
     with Triton(config=triton_config) as triton:
