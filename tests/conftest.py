@@ -9,6 +9,8 @@ from typing import Any
 
 import uvloop
 
+pytest_plugins = ["redis_fixture"]  # a real redis-server on a free loopback port (tests/redis_fixture.py)
+
 # The default model's tokenizer must not start its own thread pool inside the tests' lanes.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -15,6 +15,11 @@ def _setting(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+def _secret(default: Any, help: str) -> Any:
+    """A setting kept out of `repr()`, so keys and passwords never reach a log line."""
+    return field(default=default, repr=False, metadata={"help": help})
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the server reads at start-up. Precedence: explicit argument > environment > default."""
@@ -26,6 +31,23 @@ class Settings:
     max_items: int = _setting(256, "most inputs in one request (413 above)")
     drain_seconds: float = _setting(30.0, "on shutdown, how long queued and running requests may take to finish")
     workers: int = _setting(0, "worker lanes per model (0: the model's own setting, else one per core)")
+    # Production hardening (docs/production.md): every one of these is off or safe by default.
+    api_keys: str = _secret("", "comma-separated API keys; with none here or in api_keys_file, auth is off")
+    api_keys_file: str = _setting("", "file with one API key per line (# comments allowed)")
+    admin_api_key: str = _secret("", "the key for /admin routes; with none set, /admin is refused")
+    metrics: str = _setting("open", "GET /metrics: open (no key needed), auth (needs an API key) or off")
+    access_log: str = _setting("off", "access log per request: off, text or json")
+    request_timeout_ms: float = _setting(
+        0.0, "default deadline per request (0: none); X-Request-Timeout-Ms shortens it"
+    )
+    rate_limit: float = _setting(0.0, "requests per second per API key, or per client address without auth (0: off)")
+    rate_limit_burst: int = _setting(0, "token bucket size: requests allowed at once (0: rate_limit, at least 1)")
+    rate_limit_backend: str = _setting("memory", "memory (per process) or redis (shared by replicas, needs redis_url)")
+    cache: str = _setting("", "response cache: memory or redis for every model, or per model: 'a=memory,b=redis'")
+    cache_max_bytes: int = _setting(64 * 1024 * 1024, "memory cache size bound (keys and responses, in bytes)")
+    cache_ttl_seconds: float = _setting(300.0, "how long a cached response is served")
+    redis_url: str = _secret("", "redis://host:port/db for the redis cache and rate limit backends")
+    redis_timeout_ms: float = _setting(50.0, "a Redis call slower than this is abandoned and Redis bypassed for 1 s")
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -37,6 +59,32 @@ class Settings:
                 raise ConfigError(f"{name} must be >= 1")
         if self.drain_seconds < 0 or self.workers < 0:
             raise ConfigError("drain_seconds and workers must be >= 0")
+        self._validate_production()
+
+    def _validate_production(self) -> None:
+        choices: dict[str, tuple[str, ...]] = {
+            "metrics": ("open", "auth", "off"),
+            "access_log": ("off", "text", "json"),
+        }
+        choices["rate_limit_backend"] = ("memory", "redis")
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+        for name in ("request_timeout_ms", "rate_limit", "rate_limit_burst", "cache_ttl_seconds"):
+            if not getattr(self, name) >= 0:  # `not >=` also refuses NaN
+                raise ConfigError(f"{name} must be >= 0")
+        if not self.redis_timeout_ms > 0 or self.cache_max_bytes < 1:
+            raise ConfigError("redis_timeout_ms and cache_max_bytes must be > 0")
+        uses_redis = self.rate_limit_backend == "redis" and self.rate_limit > 0
+        uses_redis = uses_redis or "redis" in cache_backends(self.cache).values()
+        if uses_redis and not self.redis_url:
+            raise ConfigError("a redis backend is selected but redis_url is empty; set BATCHERY_REDIS_URL")
+
+    def cache_backend(self, model: str) -> str | None:
+        """The cache backend ("memory" or "redis") for `model`, or None when its responses are not cached."""
+        backends = cache_backends(self.cache)
+        backend = backends.get(model, backends.get("*", "off"))
+        return None if backend == "off" else backend
 
     @classmethod
     def load(cls, overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -51,6 +99,21 @@ class Settings:
             if value is not None:
                 values[key] = value
         return cls(**values)
+
+
+def cache_backends(spec: str) -> dict[str, str]:
+    """Parse the `cache` setting: "memory" means every model ("*"); "a=memory,b=off" names models."""
+    backends: dict[str, str] = {}
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        model, _, backend = part.rpartition("=")
+        backend = backend.strip()
+        if backend not in ("memory", "redis", "off"):
+            raise ConfigError(f"cache: {part!r} names no backend; use memory, redis or off, as in 'mymodel=memory'")
+        backends[model.strip() or "*"] = backend
+    return backends
 
 
 def env_name(field_name: str) -> str:

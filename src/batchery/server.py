@@ -8,7 +8,8 @@ import logging
 import signal
 import socket
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import uvicorn
@@ -17,6 +18,7 @@ from batchery.app.factory import create_app
 from batchery.config import Settings
 from batchery.engine import Engine
 from batchery.errors import ModelLoadError
+from batchery.metrics import Metrics
 
 log = logging.getLogger("batchery.server")
 
@@ -24,9 +26,15 @@ log = logging.getLogger("batchery.server")
 class _Uvicorn(uvicorn.Server):
     """uvicorn's server with an event set once it listens (uvicorn itself only sets a flag)."""
 
-    def __init__(self, config: uvicorn.Config, listening: asyncio.Event) -> None:
+    def __init__(self, config: uvicorn.Config, listening: asyncio.Event, on_exit: Callable[[], None]) -> None:
         super().__init__(config)
         self.listening = listening
+        self.on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        # Before uvicorn's next tick closes the listener: /ready turns 503 and new requests get 503 at once.
+        self.on_exit()
+        super().handle_exit(sig, frame)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -53,8 +61,9 @@ class Server:
 
     def __init__(self, models: Sequence[Any], settings: Settings | None = None) -> None:
         self.settings = settings or Settings.load()
-        self.engine = Engine(models, workers=self.settings.workers or None)
-        self.app = create_app(self.engine, self.settings)
+        self.metrics = Metrics() if self.settings.metrics != "off" else None
+        self.engine = Engine(models, workers=self.settings.workers or None, observer=self.metrics)
+        self.app = create_app(self.engine, self.settings, metrics=self.metrics)
         self.started = asyncio.Event()
         self.url = ""
         self.load_error: BaseException | None = None
@@ -73,7 +82,7 @@ class Server:
             lifespan="on",
             timeout_graceful_shutdown=max(1, round(self.settings.drain_seconds)),
         )
-        server = _Uvicorn(config, self.started)
+        server = _Uvicorn(config, self.started, self._begin_drain)
         self._uvicorn = server
         host, port = sock.getsockname()[:2]
         self.url = f"http://{host}:{port}"
@@ -102,8 +111,16 @@ class Server:
 
     def stop(self) -> None:
         """Begin a graceful shutdown: stop accepting, drain, exit."""
+        self._begin_drain()
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
+
+    def _begin_drain(self) -> None:
+        # Runs in a signal handler: only flag assignments. Queued and running inputs still finish (Engine.stop).
+        if self.app.state.drain_started is None:
+            self.app.state.drain_started = time.monotonic()
+        self.engine.ready = False
+        self.engine.accepting = False
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -13,24 +14,36 @@ from starlette.responses import Response
 
 from batchery._version import __version__
 from batchery.app.limits import BodyLimit
+from batchery.app.production import install
 from batchery.config import Settings
 from batchery.engine import Engine
 from batchery.errors import BatcheryError
+from batchery.metrics import Metrics
 from batchery.protocols import DEFAULT_PROTOCOLS, Protocol
 from batchery.protocols.responses import error_response, json_response
 
 log = logging.getLogger("batchery.app")
 
+#: Refusals the web layer counts in batchery_rejected_total, by error code.
+_REJECTION_REASONS = {"payload_too_large": "too_large", "not_ready": "not_ready"}
+
 
 def create_app(
-    engine: Engine, settings: Settings | None = None, protocols: Sequence[Protocol] = DEFAULT_PROTOCOLS
+    engine: Engine,
+    settings: Settings | None = None,
+    protocols: Sequence[Protocol] = DEFAULT_PROTOCOLS,
+    *,
+    metrics: Metrics | None = None,
 ) -> FastAPI:
     """An app that loads `engine`'s models in the background at start-up and drains them at shutdown.
 
     `app.state.loading` is the loading task: `/ready` turns 200 once it has finished without error.
-    Each protocol adapter contributes its routes.
+    Each protocol adapter contributes its routes. Pass the `metrics` given to `Engine(observer=...)` so batch
+    metrics are served too; without it one is made here (when settings.metrics is on) for request metrics.
     """
     settings = settings or Settings()
+    if metrics is None and settings.metrics != "off":
+        metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -40,13 +53,20 @@ def create_app(
         finally:
             if not app.state.loading.done():
                 app.state.loading.cancel()
-            await engine.stop(settings.drain_seconds)
+            # The grace period counts from the signal (server.py), not from here: connections drained first.
+            started = app.state.drain_started or time.monotonic()
+            await engine.stop(max(0.0, settings.drain_seconds - (time.monotonic() - started)))
+            await app.state.production.close()
 
     app = FastAPI(title="batchery", version=__version__, lifespan=lifespan)
     app.state.engine = engine
     app.state.settings = settings
     app.add_exception_handler(BatcheryError, _handle_error)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.state.drain_started = None
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, metrics=metrics)
+    app.state.production = install(app, engine, settings, metrics)
+    app.state.metrics = metrics
+    app.state.responses = app.state.production.responses
 
     @app.get("/health", tags=["probes"], summary="Liveness: the process is up")
     async def health() -> Response:
@@ -65,6 +85,10 @@ def create_app(
 
 async def _handle_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BatcheryError)  # registered for BatcheryError only
+    metrics: Metrics | None = request.app.state.metrics
+    if metrics is not None and exc.code in _REJECTION_REASONS:  # queue_full and deadline: counted by the engine
+        model = request.path_params.get("name", "")
+        metrics.rejected(model if model in request.app.state.engine.handles else "", _REJECTION_REASONS[exc.code], 1)
     if exc.status >= 500 and exc.status not in (503, 504):
         log.error("%s %s failed: %s", request.method, request.url.path, exc.message, exc_info=exc.__cause__)
     return error_response(exc)

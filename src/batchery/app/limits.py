@@ -5,15 +5,17 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from batchery.errors import BadRequest, BatcheryError, PayloadTooLarge
+from batchery.metrics import Metrics
 from batchery.protocols.responses import error_response
 
 
 class BodyLimit:
     """Refuse bodies over `max_bytes`: by `Content-Length` at once, or while streaming a chunked body."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, metrics: Metrics | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -27,6 +29,8 @@ class BodyLimit:
                 except ValueError:
                     declared = -1
                 if declared < 0 or declared > limit:
+                    if self.metrics is not None and declared > limit:
+                        self.metrics.rejected("", "too_large", 1)
                     await error_response(self._error(declared))(scope, receive, send)
                     return
                 break

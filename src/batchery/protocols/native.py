@@ -13,8 +13,10 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from batchery.app.deadline import infer_until, request_deadline
+from batchery.cache import ResponseCache, cache_key, canonical_json
 from batchery.config import Settings
-from batchery.engine import Engine
+from batchery.engine import Engine, ModelHandle
 from batchery.errors import BadRequest, InvalidInput, PayloadTooLarge
 from batchery.protocols.responses import json_response
 
@@ -58,10 +60,19 @@ def encode(outputs: list[Any], single: bool, *, model: str, version: str) -> byt
     return orjson.dumps({"model": model, "version": version, "outputs": outputs}, option=_DUMPS_OPTIONS)
 
 
+async def _compute(
+    engine: Engine, handle: ModelHandle, inputs: list[Any], single: bool, deadline: float | None
+) -> bytes:
+    outputs = await infer_until(engine, handle, inputs, deadline)
+    return encode(outputs, single, model=handle.name, version=handle.version)
+
+
 def routes(engine: Engine, settings: Settings) -> APIRouter:
     """`GET /v1/models` and `POST /v1/models/{name}/predict`."""
     router = APIRouter(tags=["models"])
     max_items = settings.max_items
+    timeout = settings.request_timeout_ms / 1000.0
+    caching = bool(settings.cache)
 
     async def list_models() -> Response:
         from batchery.protocols.openai_compat import model_objects
@@ -74,8 +85,17 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
     async def predict(request: Request) -> Response:
         handle = engine.handle(request.path_params["name"])
         inputs, single = decode(await request.body(), max_items=max_items)
-        outputs = await engine.infer(handle.name, inputs)
-        body = encode(outputs, single, model=handle.name, version=handle.version)
+        deadline = request_deadline(request.scope, timeout)
+        if caching:
+            responses: ResponseCache | None = request.app.state.responses
+            if responses is not None and responses.enabled(handle.name):
+                key = cache_key("native", handle.name, handle.version, canonical_json((single, inputs)))
+                body, hit = await responses.get_or_compute(
+                    handle.name, key, lambda: _compute(engine, handle, inputs, single, deadline)
+                )
+                headers = {"X-Model-Version": handle.version, "X-Cache": "hit" if hit else "miss"}
+                return json_response(body, headers=headers)
+        body = await _compute(engine, handle, inputs, single, deadline)
         return json_response(body, headers={"X-Model-Version": handle.version})
 
     router.add_api_route(

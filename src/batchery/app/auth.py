@@ -1,0 +1,134 @@
+"""API keys, as pure ASGI middleware: `Authorization: Bearer <key>` or `X-API-Key: <key>`.
+
+401 without a usable key, 403 with a wrong one. Probes stay open. Routes under /admin need the admin key,
+and are refused outright when none is configured. Keys are compared in constant time (digests of equal
+length, every configured key compared), and never logged: the key's id is a short digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable
+from pathlib import Path
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from batchery.config import Settings
+from batchery.errors import BatcheryError, ConfigError
+from batchery.metrics import Metrics
+from batchery.protocols.responses import error_response
+
+#: Longer credentials are refused unread: no configured key is that long.
+MAX_KEY_BYTES = 1024
+#: Where the middleware leaves the caller's key id (a short digest) for the rate limiter and access log.
+CLIENT = "batchery.client"
+
+
+class Unauthorized(BatcheryError):
+    """No API key, or one in a form batchery does not read."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(BatcheryError):
+    """The API key is wrong, or is not the admin key an /admin route needs."""
+
+    status = 403
+    code = "forbidden"
+
+
+class ApiKeys:
+    """The configured keys as SHA-256 digests, each with its role ("user" or "admin") and a printable id."""
+
+    def __init__(self, keys: Iterable[str], admin_key: str = "") -> None:
+        self._entries: list[tuple[bytes, str, str]] = []
+        for key, role in [*((k, "user") for k in keys), *([(admin_key, "admin")] if admin_key else [])]:
+            digest = hashlib.sha256(key.encode()).digest()
+            self._entries.append((digest, role, "key-" + digest.hex()[:12]))
+        self.users = any(role == "user" for _, role, _ in self._entries)
+        self.admin = bool(admin_key)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ApiKeys:
+        keys = [key.strip() for key in settings.api_keys.split(",") if key.strip()]
+        if settings.api_keys_file:
+            try:
+                lines = Path(settings.api_keys_file).read_text().splitlines()
+            except OSError as exc:
+                raise ConfigError(f"cannot read api_keys_file {settings.api_keys_file!r}: {exc.strerror}") from exc
+            keys += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        return cls(keys, settings.admin_api_key.strip())
+
+    def check(self, presented: bytes) -> tuple[str, str] | None:
+        """(role, key id) for a configured key, else None. Time does not depend on which key matched."""
+        digest = hashlib.sha256(presented).digest()
+        found = None
+        for known, role, key_id in self._entries:
+            if hmac.compare_digest(digest, known) and found is None:
+                found = (role, key_id)
+        return found
+
+
+class Auth:
+    """Refuse requests without a valid key, except on `open_paths`; /admin routes need the admin key."""
+
+    def __init__(
+        self, app: ASGIApp, *, keys: ApiKeys, open_paths: Iterable[str], metrics: Metrics | None = None
+    ) -> None:
+        self.app = app
+        self.keys = keys
+        self.open_paths = frozenset(open_paths)
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        admin = path == "/admin" or path.startswith("/admin/")
+        if not admin and (path in self.open_paths or not self.keys.users):
+            await self.app(scope, receive, send)
+            return
+        try:
+            scope[CLIENT] = self._authorize(scope, admin)
+        except BatcheryError as exc:
+            if self.metrics is not None:
+                self.metrics.rejected("", "unauthorized" if exc.status == 401 else "forbidden", 1)
+            response = error_response(exc)
+            if exc.status == 401:
+                response.headers["WWW-Authenticate"] = 'Bearer realm="batchery"'
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _authorize(self, scope: Scope, admin: bool) -> str:
+        if admin and not self.keys.admin:
+            raise Forbidden("admin routes are off: no admin key is configured. Set BATCHERY_ADMIN_API_KEY to use them")
+        presented = _presented(scope["headers"])
+        found = self.keys.check(presented)
+        if found is None:
+            raise Forbidden("the API key is not valid; check it, or ask the operator for one")
+        role, key_id = found
+        if admin and role != "admin":
+            raise Forbidden("this route needs the admin key")
+        return key_id
+
+
+def _presented(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """The key from `X-API-Key` or `Authorization: Bearer`; Unauthorized when there is none to read."""
+    for name, value in headers:
+        if name == b"x-api-key":
+            key = value.strip()
+        elif name == b"authorization":
+            scheme, _, key = value.strip().partition(b" ")
+            if scheme.lower() != b"bearer":
+                raise Unauthorized("use 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
+            key = key.strip()
+        else:
+            continue
+        if not key or len(key) > MAX_KEY_BYTES:
+            raise Unauthorized(f"the API key is empty or longer than {MAX_KEY_BYTES} bytes")
+        return key
+    raise Unauthorized("this server needs an API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")

@@ -1,0 +1,61 @@
+"""Per-request deadlines for protocol adapters: the configured default, shortened by a request header.
+
+A request whose deadline passes before its batch runs gets 504; `infer_until` also stops waiting at the
+deadline, so a request stuck behind a long batch is answered on time (its inputs are then skipped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from starlette.types import Scope
+
+from batchery.engine import Engine, ModelHandle
+from batchery.errors import BadRequest, DeadlineExceeded
+
+HEADER = "X-Request-Timeout-Ms"
+_HEADER_KEY = HEADER.lower().encode()
+
+
+def request_deadline(scope: Scope, default_seconds: float) -> float | None:
+    """A `time.monotonic()` deadline, or None for none; BadRequest when the header is not a positive number."""
+    for key, value in scope["headers"]:
+        if key == _HEADER_KEY:
+            return _shorten(value, default_seconds)
+    return time.monotonic() + default_seconds if default_seconds else None
+
+
+def _shorten(value: bytes, default_seconds: float) -> float:
+    try:
+        milliseconds = float(value) if len(value) <= 32 else math.nan
+    except ValueError:
+        milliseconds = math.nan
+    if not (milliseconds > 0 and math.isfinite(milliseconds)):
+        shown = value[:40].decode("latin-1")
+        raise BadRequest(f"{HEADER} must be a positive number of milliseconds, not {shown!r}")
+    seconds = milliseconds / 1000.0
+    if default_seconds:
+        seconds = min(seconds, default_seconds)  # the header may shorten the server's deadline, never extend it
+    return time.monotonic() + seconds
+
+
+async def infer_until(engine: Engine, handle: ModelHandle, inputs: Sequence[Any], deadline: float | None) -> list[Any]:
+    """`engine.infer` that answers DeadlineExceeded (504) once `deadline` passes, wherever the inputs are."""
+    if deadline is None:
+        return await engine.infer(handle.name, inputs)
+    remaining = deadline - time.monotonic()
+    try:
+        if remaining <= 0:
+            raise TimeoutError
+        async with asyncio.timeout(remaining):
+            return await engine.infer(handle.name, inputs, deadline=deadline)
+    except TimeoutError:
+        handle.batcher.observer.rejected(handle.name, "deadline", len(inputs))
+        raise DeadlineExceeded(
+            f"the request's deadline of {max(0.0, remaining) * 1000:.0f} ms passed before its outputs were ready; "
+            f"retry with a larger {HEADER}, or later"
+        ) from None

@@ -1,0 +1,98 @@
+"""The response cache of one app: a backend per model, in-flight de-duplication and cache metrics.
+
+Protocol adapters call `get_or_compute(model, key, compute)` with a key from `cache_key(...)` and a coroutine
+function making the response bytes; only successful responses (compute returned) are stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Protocol
+
+from batchery.cache.link import RedisLink, RedisUnavailable
+from batchery.cache.memory import MemoryCache
+from batchery.cache.singleflight import SingleFlight
+
+if TYPE_CHECKING:
+    from batchery.config import Settings
+    from batchery.metrics import Metrics
+
+log = logging.getLogger("batchery.cache")
+
+CacheUnavailable = RedisUnavailable
+
+
+class Cache(Protocol):
+    """A response store. `get` may raise CacheUnavailable; `put` never blocks the response and never raises."""
+
+    backend: str
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    def put(self, key: str, value: bytes) -> None: ...
+
+    async def clear(self) -> None: ...
+
+
+class ResponseCache:
+    """Look up, de-duplicate, compute and store responses for the models that have a backend."""
+
+    def __init__(self, backends: dict[str, Cache], metrics: Metrics | None = None) -> None:
+        self.backends = backends
+        self.metrics = metrics
+        self.flights = SingleFlight()
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, models: Iterable[str], *, redis: RedisLink | None, metrics: Metrics | None
+    ) -> ResponseCache | None:
+        """A cache for the models `settings.cache` selects, or None when it selects none."""
+        backends: dict[str, Cache] = {}
+        memory: MemoryCache | None = None  # one memory bound shared by every model
+        shared_redis: Cache | None = None
+        for model in models:
+            backend = settings.cache_backend(model)
+            if backend == "memory":
+                memory = memory or MemoryCache(max_bytes=settings.cache_max_bytes, ttl=settings.cache_ttl_seconds)
+                backends[model] = memory
+            elif backend == "redis":
+                if redis is None:
+                    raise ValueError("a redis cache needs a RedisLink")
+                from batchery.cache.redis_impl import RedisCache
+
+                shared_redis = shared_redis or RedisCache(redis, ttl=settings.cache_ttl_seconds)
+                backends[model] = shared_redis
+        return cls(backends, metrics) if backends else None
+
+    def enabled(self, model: str) -> bool:
+        return model in self.backends
+
+    async def get_or_compute(self, model: str, key: str, compute: Callable[[], Awaitable[bytes]]) -> tuple[bytes, bool]:
+        """The response for `key` and whether it was served without computing (stored, or shared in flight)."""
+        backend = self.backends.get(model)
+        if backend is None:
+            return await compute(), False
+        event = ""  # each request counts one event: hit (stored or shared), miss, or error (backend failed)
+        if key not in self.flights:
+            try:
+                stored = await backend.get(key)
+            except CacheUnavailable:
+                event = "error"
+            else:
+                if stored is not None:
+                    self._count(model, backend.backend, "hit")
+                    return stored, True
+        body, shared = await self.flights.do(key, compute)
+        self._count(model, backend.backend, event or ("hit" if shared else "miss"))
+        if not shared:
+            backend.put(key, body)
+        return body, shared
+
+    def _count(self, model: str, backend: str, event: str) -> None:
+        if self.metrics is not None:
+            self.metrics.cache_event(model, backend, event)
+
+    async def clear(self) -> None:
+        for backend in {id(b): b for b in self.backends.values()}.values():
+            await backend.clear()

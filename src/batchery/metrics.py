@@ -1,0 +1,229 @@
+"""Prometheus metrics for one app, in its own `CollectorRegistry`, fed by the engine's `Observer` hook.
+
+Observations are plain counters and bucket arrays updated on the event loop (no locks, O(1) per request,
+O(items) per batch); prometheus-client only renders them at scrape time. Gauges (queue depth, model load
+time, GPU) are read when scraped. The metric names are an interface: dashboards and autoscalers use them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from bisect import bisect_left
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from batchery.batching.records import BatchResult
+from batchery.errors import ConfigError
+
+if TYPE_CHECKING:
+    from batchery.engine import Engine
+
+log = logging.getLogger("batchery.metrics")
+
+#: Seconds: from half a millisecond (a cache hit) to ten seconds (a large batch on a slow model).
+TIME_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+SIZE_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0)
+
+NAMES = (
+    "batchery_requests_total",
+    "batchery_request_duration_seconds",
+    "batchery_queue_wait_seconds",
+    "batchery_compute_seconds",
+    "batchery_batch_size",
+    "batchery_queue_depth",
+    "batchery_in_flight_requests",
+    "batchery_cache_events_total",
+    "batchery_rejected_total",
+    "batchery_model_load_seconds",
+    "batchery_gpu_utilization_ratio",
+    "batchery_gpu_memory_used_bytes",
+)
+
+
+class Histogram:
+    """Bucket counts and a sum; `observe` is one bisect and two additions."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        # bisect_left finds the first bound >= value: Prometheus buckets are "less than or equal".
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        buckets: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        return buckets
+
+
+class Metrics:
+    """Every batchery metric of one app. An `Observer`: pass it to `Engine(..., observer=metrics)`."""
+
+    def __init__(self) -> None:
+        try:
+            from prometheus_client import CollectorRegistry
+        except ImportError as exc:
+            raise ConfigError(
+                "metrics need prometheus-client: pip install prometheus-client, or set metrics=off"
+            ) from exc
+        self.engine: Engine | None = None
+        self.in_flight = 0
+        self.requests: dict[tuple[str, str, str], int] = {}
+        self.durations: dict[tuple[str, str], Histogram] = {}
+        self.queue_wait: dict[str, Histogram] = {}
+        self.compute: dict[str, Histogram] = {}
+        self.batch_size: dict[str, Histogram] = {}
+        self.cache_events: dict[tuple[str, str, str], int] = {}
+        self.rejections: dict[tuple[str, str], int] = {}
+        self._gpu = _Gpu()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(self))
+
+    def watch(self, engine: Engine) -> None:
+        """Read queue depths and load times from `engine` at scrape time."""
+        self.engine = engine
+
+    # The Observer protocol, called by the engine on the event loop.
+    def batch_done(self, model: str, result: BatchResult) -> None:
+        batch = result.batch
+        wait = self.queue_wait.get(model)
+        if wait is None:
+            wait = self.queue_wait[model] = Histogram(TIME_BUCKETS)
+            self.compute[model] = Histogram(TIME_BUCKETS)
+            self.batch_size[model] = Histogram(SIZE_BUCKETS)
+        formed_at = batch.formed_at
+        for item in batch.items:
+            wait.observe(formed_at - item.enqueued_at)
+        self.compute[model].observe(result.compute_seconds)
+        self.batch_size[model].observe(len(batch.items))
+
+    def rejected(self, model: str, reason: str, count: int) -> None:
+        key = (model, reason)
+        self.rejections[key] = self.rejections.get(key, 0) + count
+
+    # Called by the web layer.
+    def request_done(self, model: str, route: str, status: int, seconds: float) -> None:
+        key = (model, route, str(status))
+        self.requests[key] = self.requests.get(key, 0) + 1
+        durations = self.durations.get((model, route))
+        if durations is None:
+            durations = self.durations[(model, route)] = Histogram(TIME_BUCKETS)
+        durations.observe(seconds)
+
+    def cache_event(self, model: str, backend: str, event: str) -> None:
+        """`event` is "hit", "miss" or "error" (the backend failed or was bypassed)."""
+        key = (model, backend, event)
+        self.cache_events[key] = self.cache_events.get(key, 0) + 1
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _Collector:
+    """Turns the plain counters into metric families when Prometheus scrapes."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        m = self.metrics
+        requests = CounterMetricFamily(
+            "batchery_requests", "HTTP requests answered", labels=("model", "route", "status")
+        )
+        for labels, count in m.requests.items():
+            requests.add_metric(labels, count)
+        yield requests
+        yield _histograms(
+            HistogramMetricFamily, "batchery_request_duration_seconds", "Time from request to response",
+            ("model", "route"), m.durations,
+        )  # fmt: skip
+        for name, text, source in (
+            ("batchery_queue_wait_seconds", "Time an input waited in the queue before its batch formed", m.queue_wait),
+            ("batchery_compute_seconds", "Time a lane took to compute one batch", m.compute),
+            ("batchery_batch_size", "Inputs per computed batch", m.batch_size),
+        ):
+            yield _histograms(HistogramMetricFamily, name, text, ("model",), {(k,): v for k, v in source.items()})
+        depth = GaugeMetricFamily("batchery_queue_depth", "Inputs waiting in the model's queue", labels=("model",))
+        load = GaugeMetricFamily("batchery_model_load_seconds", "Model load and warm-up time", labels=("model",))
+        if m.engine is not None:
+            for handle in m.engine.handles.values():
+                depth.add_metric((handle.name,), handle.batcher.queued)
+                if handle.load_seconds is not None:
+                    load.add_metric((handle.name,), handle.load_seconds)
+        yield depth
+        yield load
+        yield GaugeMetricFamily("batchery_in_flight_requests", "HTTP requests being answered", value=m.in_flight)
+        cache = CounterMetricFamily(
+            "batchery_cache_events", "Response cache look-ups: hit, miss or error", labels=("model", "backend", "event")
+        )
+        for labels, count in m.cache_events.items():
+            cache.add_metric(labels, count)
+        yield cache
+        rejected = CounterMetricFamily(
+            "batchery_rejected",
+            "Refused or dropped inputs (engine) or requests (web layer)",
+            labels=("model", "reason"),
+        )
+        for (model, reason), total in m.rejections.items():
+            rejected.add_metric((model, reason), total)
+        yield rejected
+        yield from m._gpu.collect(GaugeMetricFamily)
+
+
+def _histograms(family: Any, name: str, text: str, labels: tuple[str, ...], source: dict[Any, Histogram]) -> Any:
+    metric = family(name, text, labels=labels)
+    for label_values, histogram in source.items():
+        metric.add_metric(label_values, histogram.cumulative(), histogram.total)
+    return metric
+
+
+class _Gpu:
+    """GPU gauges through NVML, loaded at the first scrape; no NVML or no GPU means no GPU metrics."""
+
+    def __init__(self) -> None:
+        self._nvml: Any = None
+        self._available: bool | None = None
+
+    def collect(self, gauge: Any) -> Iterator[Any]:
+        if self._available is None:
+            self._available = self._init()
+        if not self._available:
+            return
+        nvml = self._nvml
+        utilization = gauge("batchery_gpu_utilization_ratio", "GPU busy time share", labels=("device",))
+        memory = gauge("batchery_gpu_memory_used_bytes", "GPU memory in use", labels=("device",))
+        try:
+            for index in range(nvml.nvmlDeviceGetCount()):
+                device = nvml.nvmlDeviceGetHandleByIndex(index)
+                utilization.add_metric((str(index),), nvml.nvmlDeviceGetUtilizationRates(device).gpu / 100.0)
+                memory.add_metric((str(index),), float(nvml.nvmlDeviceGetMemoryInfo(device).used))
+        except Exception as exc:  # a scrape must never fail because of a GPU driver hiccup
+            log.debug("NVML query failed: %r", exc)
+            return
+        yield utilization
+        yield memory
+
+    def _init(self) -> bool:
+        try:
+            pynvml = importlib.import_module("pynvml")  # from nvidia-ml-py, which has no type hints
+            pynvml.nvmlInit()
+            if pynvml.nvmlDeviceGetCount() < 1:
+                return False
+        except Exception:  # no package, no driver or no GPU: simply no GPU metrics
+            return False
+        self._nvml = pynvml
+        return True
