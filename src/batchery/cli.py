@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from batchery.config import Settings, env_name
 from batchery.errors import BatcheryError
@@ -24,11 +25,16 @@ def build_parser() -> argparse.ArgumentParser:
     for f in dataclasses.fields(Settings):
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{f.metadata['help']} (env {env_name(f.name)}, default {f.default!r})"
-        serve.add_argument(flag, dest=f.name, type=type(f.default), default=None, help=help_text)
+        kind = _truthy if isinstance(f.default, bool) else type(f.default)  # bool("false") would be True
+        serve.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
     from batchery.bench import cli as bench_cli
 
     bench_cli.add_parser(commands)
     return parser
+
+
+def _truthy(raw: str) -> bool:
+    return raw.strip().lower() in ("1", "true", "yes", "on")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,11 +53,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from batchery.loader import load_model
+    from batchery import config_file
+    from batchery.loader import served
     from batchery.server import serve
 
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)}
-    models = [load_model(target) for target in args.targets]
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)}
+    overrides: dict[str, Any] = {}
+    models: list[Any] = []
+    for target in args.targets:
+        if target.endswith(".toml"):  # a config file: its [server] settings yield to flags given here
+            server_settings, entries = config_file.load(target)
+            overrides.update(server_settings)
+            models.extend(entries)
+        else:
+            models.append(served(target))
+    overrides.update({key: value for key, value in flags.items() if value is not None})
     try:
         serve(*models, **overrides)
     except SystemExit as exc:

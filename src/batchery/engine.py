@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from batchery import cores
@@ -21,6 +21,7 @@ from batchery.handle import ModelHandle, ModelInfo
 __all__ = ["Engine", "ModelHandle", "ModelInfo"]
 from batchery.observer import Observer
 from batchery.pipeline.handle import drain_pipelines, split_pipelines
+from batchery.spec import Served
 
 log = logging.getLogger("batchery.engine")
 
@@ -35,9 +36,8 @@ class Engine:
         cores_available: int | None = None,
         workers: int | None = None,
         observer: Observer | None = None,
-        reimporters: Mapping[str, Callable[[], Any]] | None = None,
     ) -> None:
-        """`reimporters` maps a model name to a function that imports its class again (for hot reload)."""
+        """`models`: model objects, pipelines, or `Served` records (a model with its settings and re-importer)."""
         if not models:
             raise ConfigError("no model to serve. Hint: pass at least one model")
         total = cores_available or cores.available()
@@ -45,8 +45,15 @@ class Engine:
         models, self.pipelines = split_pipelines(models)
         self.handles: dict[str, ModelHandle] = {}
         for model in models:
-            handle = ModelHandle(model, total_cores=total, workers=workers, observer=observer)
-            handle.source.reimport = (reimporters or {}).get(handle.name)
+            served = model if isinstance(model, Served) else Served(model)
+            handle = ModelHandle(
+                served.model,
+                total_cores=total,
+                workers=workers,
+                spec=served.spec,
+                observer=observer,
+                reimport=served.reimport,
+            )
             if handle.name in self.handles:
                 raise ConfigError(f"two models are named '{handle.name}'; give one a different `name`")
             self.handles[handle.name] = handle

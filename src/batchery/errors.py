@@ -43,6 +43,13 @@ class ModelNotFound(BatcheryError):
     code = "model_not_found"
 
 
+class Conflict(BatcheryError):
+    """The request cannot be done in the current state (e.g. no previous version to roll back to)."""
+
+    status = 409
+    code = "conflict"
+
+
 class Overloaded(BatcheryError):
     """The model's queue is full; the client should retry after `retry_after` seconds."""
 

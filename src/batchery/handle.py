@@ -21,9 +21,10 @@ from batchery.batching.batcher import POLICIES, Batcher
 from batchery.batching.lane import Lane
 from batchery.batching.oom import predict_splitting
 from batchery.batching.streaming import StreamingModel
-from batchery.errors import ConfigError, ModelLoadError
+from batchery.errors import ConfigError, Conflict, ModelLoadError
 from batchery.model import model_name
 from batchery.observer import Observer
+from batchery.spec import ModelSpec, check_thread_budget, from_env, resolve_devices
 
 log = logging.getLogger("batchery.engine")
 
@@ -67,35 +68,58 @@ class ModelHandle:
         *,
         total_cores: int,
         workers: int | None = None,
-        device: str = "cpu",
+        spec: ModelSpec | None = None,
         observer: Observer | None = None,
         reimport: Callable[[], Any] | None = None,
     ) -> None:
         model = _streaming(model)
-        self.name = model_name(model)
+        spec = spec or ModelSpec()
+        spec = spec.merged(from_env(spec.name or model_name(model)))
+
+        def setting(key: str, default: Any) -> Any:
+            value = getattr(spec, key)
+            return value if value is not None else getattr(model, key, default)
+
+        self.spec = spec
+        self.name = str(spec.name or model_name(model))
         self.prototype = model
-        self.device = device
-        self.version = str(getattr(model, "version", "1"))
-        self.workers = int(workers or getattr(model, "workers", None) or total_cores)
+        self.version = str(setting("version", "1"))
+        self.devices = resolve_devices(str(setting("devices", "auto") or "auto"))
+        per_device = setting("workers_per_device", None)
+        explicit_workers = workers or setting("workers", None)
+        if per_device:
+            self.workers = int(per_device) * len(self.devices)
+        elif explicit_workers:
+            self.workers = int(explicit_workers)
+        else:
+            self.workers = total_cores if self.devices == ["cpu"] else len(self.devices)
+        self.lane_devices = [self.devices[index % len(self.devices)] for index in range(self.workers)]
+        cpu_lanes = sum(1 for device in self.lane_devices if device == "cpu")
+        threads = setting("threads_per_worker", None)
+        self.threads_per_worker = int(threads) if threads else max(1, total_cores // max(1, cpu_lanes))
+        if threads or explicit_workers or per_device:
+            check_thread_budget(self.name, cpu_lanes, self.threads_per_worker, total_cores)
+        self.device = ",".join(self.devices)
         self.total_cores = total_cores
-        self.elastic = bool(getattr(model, "elastic", False))
-        self.max_batch_size = int(getattr(model, "max_batch_size", 32))
-        self.max_delay_ms = float(getattr(model, "max_delay_ms", 5.0))
-        self.policy = str(getattr(model, "batching", "adaptive"))
+        self.elastic = bool(getattr(model, "elastic", False)) and cpu_lanes == self.workers
+        self.max_batch_size = int(setting("max_batch_size", 32))
+        self.max_delay_ms = float(setting("max_delay_ms", 5.0))
+        self.policy = str(setting("batching", "adaptive"))
         self.status = "pending"
         self.load_seconds: float | None = None
         self.reloads = 0
+        self.reload_failures = 0
         self._validate()
         self.batcher = Batcher(
             self.name,
             max_batch_size=self.max_batch_size,
             max_delay=self.max_delay_ms / 1000.0,
             policy=self.policy,
-            max_queue=int(getattr(model, "max_queue_per_worker", 256)) * self.workers,
+            max_queue=int(setting("max_queue_per_worker", 256)) * self.workers,
             cores=total_cores,
             elastic=self.elastic,
             observer=observer,
-            max_batch_cost=getattr(model, "max_batch_cost", None),
+            max_batch_cost=setting("max_batch_cost", None),
         )
         self.lanes: list[Lane] = []
         self.source = Source(model, self.version, reimport)
@@ -162,7 +186,7 @@ class ModelHandle:
     async def rollback(self) -> str:
         """Serve the previous version again (built afresh from its prototype); return its label."""
         if not self.history:
-            raise ConfigError(f"model '{self.name}' has no previous version to roll back to")
+            raise Conflict(f"model '{self.name}' has no previous version to roll back to; reload a new one instead")
         previous = self.history.pop()
         current = self.source
         label = await self.reload(previous.prototype, previous.version)
@@ -182,7 +206,12 @@ class ModelHandle:
             for index in range(self.workers)
         ]
         try:
-            failed_sizes = await asyncio.gather(*(asyncio.wrap_future(lane.call(self._set_up(lane))) for lane in lanes))
+            failed_sizes = await asyncio.gather(
+                *(
+                    asyncio.wrap_future(lane.call(self._set_up(lane, device)))
+                    for lane, device in zip(lanes, self.lane_devices, strict=True)
+                )
+            )
         except Exception as exc:
             for lane in lanes:
                 lane.stop()
@@ -194,10 +223,9 @@ class ModelHandle:
             self.batcher.cap.failed(size)  # warm-up found the memory limit: start below it
         return lanes
 
-    def _set_up(self, lane: Lane) -> Callable[[], list[int]]:
-        device = self.device
+    def _set_up(self, lane: Lane, device: str) -> Callable[[], list[int]]:
         sizes = sorted({1, self.max_batch_size})
-        share = max(1, self.total_cores // self.workers)
+        share = self.threads_per_worker if device == "cpu" else 1
         grants = sorted({share, self.total_cores}) if self.elastic else [share]
 
         def run() -> list[int]:

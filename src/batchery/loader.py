@@ -9,11 +9,20 @@ from pathlib import Path
 from typing import Any
 
 from batchery.errors import ConfigError
+from batchery.spec import ModelSpec, Served
 
-BUILTIN = {"embedding": "batchery.models.embedding:SentenceEmbedder"}
+BUILTIN = {
+    "embedding": "batchery.models.embedding:SentenceEmbedder",
+    "ocr": "batchery.examples.ocr:OcrPipeline",  # issue 7: the OCR pipeline example
+}
 
 
-def load_model(target: str) -> Any:
+def served(target: str, spec: ModelSpec | None = None) -> Served:
+    """The model `target` names, with its settings and a re-importer so a hot reload picks up new code."""
+    return Served(load_model(target), spec or ModelSpec(), lambda: load_model(target, fresh=True))
+
+
+def load_model(target: str, *, fresh: bool = False) -> Any:
     """Import the class (or instance) that `target` names and return an instance of it."""
     target = BUILTIN.get(target, target)
     module_part, sep, attr = target.rpartition(":")
@@ -22,7 +31,7 @@ def load_model(target: str) -> Any:
             f"cannot read the model target {target!r}. Hint: write path/to/file.py:ClassName, "
             f"package.module:ClassName or one of: {', '.join(BUILTIN)}"
         )
-    module = _import(module_part)
+    module = _import(module_part, fresh)
     try:
         obj = getattr(module, attr)
     except AttributeError as exc:
@@ -30,7 +39,7 @@ def load_model(target: str) -> Any:
     return obj() if isinstance(obj, type) else obj
 
 
-def _import(module_part: str) -> Any:
+def _import(module_part: str, fresh: bool = False) -> Any:
     if module_part.endswith(".py") or "/" in module_part:
         path = Path(module_part).resolve()
         if not path.is_file():
@@ -44,6 +53,7 @@ def _import(module_part: str) -> Any:
         spec.loader.exec_module(module)
         return module
     try:
-        return importlib.import_module(module_part)
+        module = importlib.import_module(module_part)
+        return importlib.reload(module) if fresh else module
     except ImportError as exc:
         raise ConfigError(f"cannot import {module_part!r}: {exc}") from exc

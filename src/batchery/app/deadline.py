@@ -19,6 +19,23 @@ from batchery.errors import BadRequest, DeadlineExceeded
 
 HEADER = "X-Request-Timeout-Ms"
 _HEADER_KEY = HEADER.lower().encode()
+PRIORITY_HEADER = "X-Priority"
+_PRIORITY_KEY = PRIORITY_HEADER.lower().encode()
+
+
+def request_priority(scope: Scope) -> int:
+    """The `X-Priority` header as an integer from -100 to 100 (higher goes first); 0 without it."""
+    for key, value in scope["headers"]:
+        if key == _PRIORITY_KEY:
+            try:
+                priority = int(value) if len(value) <= 8 else None
+            except ValueError:
+                priority = None
+            if priority is None or not -100 <= priority <= 100:
+                shown = value[:40].decode("latin-1")
+                raise BadRequest(f"{PRIORITY_HEADER} must be an integer from -100 to 100, not {shown!r}")
+            return priority
+    return 0
 
 
 def request_deadline(scope: Scope, default_seconds: float) -> float | None:
@@ -43,16 +60,29 @@ def _shorten(value: bytes, default_seconds: float) -> float:
     return time.monotonic() + seconds
 
 
-async def infer_until(engine: Engine, handle: ModelHandle, inputs: Sequence[Any], deadline: float | None) -> list[Any]:
-    """`engine.infer` that answers DeadlineExceeded (504) once `deadline` passes, wherever the inputs are."""
+async def infer_until(
+    engine: Engine,
+    handle: ModelHandle,
+    inputs: Sequence[Any],
+    deadline: float | None,
+    *,
+    client: str = "",
+    priority: int = 0,
+) -> tuple[list[Any], str]:
+    """`engine.infer_versioned` that answers DeadlineExceeded (504) once `deadline` passes, wherever the inputs are.
+
+    Returns the outputs and the model version that computed them.
+    """
     if deadline is None:
-        return await engine.infer(handle.name, inputs)
+        return await engine.infer_versioned(handle.name, inputs, client=client, priority=priority)
     remaining = deadline - time.monotonic()
     try:
         if remaining <= 0:
             raise TimeoutError
         async with asyncio.timeout(remaining):
-            return await engine.infer(handle.name, inputs, deadline=deadline)
+            return await engine.infer_versioned(
+                handle.name, inputs, deadline=deadline, client=client, priority=priority
+            )
     except TimeoutError:
         handle.batcher.observer.rejected(handle.name, "deadline", len(inputs))
         raise DeadlineExceeded(

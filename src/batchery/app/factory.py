@@ -19,6 +19,7 @@ from batchery.config import Settings
 from batchery.engine import Engine
 from batchery.errors import BatcheryError
 from batchery.metrics import Metrics
+from batchery.app import admin
 from batchery.protocols import DEFAULT_PROTOCOLS, Protocol
 from batchery.protocols.responses import error_response, json_response
 
@@ -80,6 +81,7 @@ def create_app(
 
     for protocol in protocols:
         app.include_router(protocol.routes(engine, settings))
+    app.include_router(admin.routes(engine, settings))
     return app
 
 

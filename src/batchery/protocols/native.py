@@ -12,8 +12,10 @@ import orjson
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Scope
 
-from batchery.app.deadline import infer_until, request_deadline
+from batchery.app.auth import CLIENT
+from batchery.app.deadline import infer_until, request_deadline, request_priority
 from batchery.cache import ResponseCache, cache_key, canonical_json
 from batchery.config import Settings
 from batchery.engine import Engine, ModelHandle
@@ -61,10 +63,25 @@ def encode(outputs: list[Any], single: bool, *, model: str, version: str) -> byt
 
 
 async def _compute(
-    engine: Engine, handle: ModelHandle, inputs: list[Any], single: bool, deadline: float | None
+    engine: Engine, handle: ModelHandle, inputs: list[Any], single: bool, deadline: float | None, scope: Scope
+) -> tuple[bytes, str]:
+    client = scope.get(CLIENT) or _client_address(scope)
+    outputs, version = await infer_until(
+        engine, handle, inputs, deadline, client=client, priority=request_priority(scope)
+    )
+    return encode(outputs, single, model=handle.name, version=version), version
+
+
+async def _body(
+    engine: Engine, handle: ModelHandle, inputs: list[Any], single: bool, deadline: float | None, scope: Scope
 ) -> bytes:
-    outputs = await infer_until(engine, handle, inputs, deadline)
-    return encode(outputs, single, model=handle.name, version=handle.version)
+    body, _ = await _compute(engine, handle, inputs, single, deadline, scope)
+    return body
+
+
+def _client_address(scope: Scope) -> str:
+    peer = scope.get("client")
+    return str(peer[0]) if peer else ""
 
 
 def routes(engine: Engine, settings: Settings) -> APIRouter:
@@ -91,12 +108,12 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
             if responses is not None and responses.enabled(handle.name):
                 key = cache_key("native", handle.name, handle.version, canonical_json((single, inputs)))
                 body, hit = await responses.get_or_compute(
-                    handle.name, key, lambda: _compute(engine, handle, inputs, single, deadline)
+                    handle.name, key, lambda: _body(engine, handle, inputs, single, deadline, request.scope)
                 )
                 headers = {"X-Model-Version": handle.version, "X-Cache": "hit" if hit else "miss"}
                 return json_response(body, headers=headers)
-        body = await _compute(engine, handle, inputs, single, deadline)
-        return json_response(body, headers={"X-Model-Version": handle.version})
+        body, version = await _compute(engine, handle, inputs, single, deadline, request.scope)
+        return json_response(body, headers={"X-Model-Version": version})
 
     router.add_api_route(
         "/v1/models", list_models, methods=["GET"], summary="The served models, their status and batching settings"

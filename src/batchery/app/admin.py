@@ -1,0 +1,80 @@
+"""Admin routes: hot reload and rollback of a model, without a restart and without dropping a request.
+
+`POST /admin/models/{name}/reload` with an optional body `{"target": "file.py:Class", "version": "2"}` loads the
+new version beside the current one and swaps atomically; `POST /admin/models/{name}/rollback` serves the previous
+version again. When API keys are on, /admin needs the admin key (the auth middleware enforces it).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from batchery.config import Settings
+from batchery.engine import Engine
+from batchery.errors import BadRequest, ModelLoadError
+from batchery.protocols.responses import json_response
+
+log = logging.getLogger("batchery.admin")
+
+
+def routes(engine: Engine, settings: Settings) -> APIRouter:
+    """The admin router (reload, rollback)."""
+    router = APIRouter(prefix="/admin", tags=["admin"])
+
+    async def reload(request: Request) -> Response:
+        name = request.path_params["name"]
+        handle = engine.handle(name)
+        target, version = _reload_body(await request.body())
+        prototype = None
+        if target is not None:
+            from batchery.loader import load_model
+
+            prototype = load_model(target)
+        try:
+            label = await handle.reload(prototype, version)
+        except ModelLoadError as exc:
+            handle.reload_failures += 1
+            log.error("reload of model '%s' failed, version %s keeps serving: %s", name, handle.version, exc.message)
+            raise
+        return _answer(name, label, handle.history)
+
+    async def rollback(request: Request) -> Response:
+        name = request.path_params["name"]
+        handle = engine.handle(name)
+        label = await handle.rollback()
+        return _answer(name, label, handle.history)
+
+    router.add_api_route(
+        "/models/{name}/reload", reload, methods=["POST"], summary="Load a new version beside the current one, swap"
+    )
+    router.add_api_route(
+        "/models/{name}/rollback", rollback, methods=["POST"], summary="Serve the previous version of a model again"
+    )
+    return router
+
+
+def _reload_body(body: bytes) -> tuple[str | None, str | None]:
+    if not body.strip():
+        return None, None
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict) or set(data) - {"target", "version"}:
+        raise BadRequest('the body may only hold "target" (file.py:Class or module:Class) and "version"')
+    target, version = data.get("target"), data.get("version")
+    for key, value in (("target", target), ("version", version)):
+        if value is not None and (not isinstance(value, str) or not value):
+            raise BadRequest(f'"{key}" must be a non-empty string')
+    return target, version
+
+
+def _answer(name: str, version: str, history: Any) -> Response:
+    body = orjson.dumps({"model": name, "version": version, "previous_versions": [s.version for s in history]})
+    return json_response(body, headers={"X-Model-Version": version})

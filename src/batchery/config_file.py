@@ -1,0 +1,65 @@
+"""`batchery serve batchery.toml`: server settings and several models from one TOML file.
+
+    [server]
+    port = 8000
+    cache = "memory"
+
+    [[models]]
+    target = "embedding"            # a built-in name, path/to/file.py:Class or package.module:Class
+    max_batch_size = 32
+    devices = "auto"
+
+    [[models]]
+    target = "examples/quickstart.py:Shout"
+    name = "shout"
+    workers = 1
+
+Relative file targets are read relative to the config file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from batchery.config import Settings
+from batchery.errors import ConfigError
+from batchery.spec import ModelSpec, Served
+
+
+def load(path: str | Path) -> tuple[dict[str, Any], list[Served]]:
+    """The `[server]` settings (as overrides) and the models a config file lists."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"no such config file: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    unknown = set(data) - {"server", "models"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown table(s) {', '.join(sorted(unknown))}; use [server] and [[models]]")
+    server = data.get("server", {})
+    known = {f.name for f in dataclasses.fields(Settings)}
+    if not isinstance(server, dict) or set(server) - known:
+        raise ConfigError(f"{path}: unknown [server] setting(s): {', '.join(sorted(set(server) - known))}")
+    entries = data.get("models", [])
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{path}: list at least one model as [[models]] with a target")
+    return dict(server), [_model(path, index, entry) for index, entry in enumerate(entries)]
+
+
+def _model(path: Path, index: int, entry: Any) -> Served:
+    from batchery.loader import BUILTIN, served
+
+    where = f"{path}: models[{index}]"
+    if not isinstance(entry, dict) or not isinstance(entry.get("target"), str):
+        raise ConfigError(f"{where} needs a target: a built-in name, path/to/file.py:Class or package.module:Class")
+    settings = dict(entry)
+    target = settings.pop("target")
+    module_part = target.rpartition(":")[0]
+    if target not in BUILTIN and (module_part.endswith(".py") or "/" in module_part):
+        target = str((path.parent / module_part).resolve()) + ":" + target.rpartition(":")[2]
+    return served(target, ModelSpec.from_mapping(settings, where))
