@@ -192,6 +192,9 @@ def _wait_ready(url: str, body: bytes, proc: subprocess.Popen[bytes], timeout: f
             with urllib.request.urlopen(request, timeout=10) as response:
                 if response.status == 200:
                     return
+        except urllib.error.HTTPError as exc:
+            if 400 <= exc.code < 500:  # the server is up and refuses our body: waiting will not help
+                raise RuntimeError(f"server answers {exc.code} to the benchmark body; see {log}") from exc
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         time.sleep(0.5)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import statistics
 import subprocess
 import sys
@@ -147,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-scenarios", action="store_true", help="skip the overload and memory scenarios")
     p.add_argument("--out", type=Path, default=HERE / "results")
     args = p.parse_args(argv)
+    # SIGTERM (and SIGINT, which background jobs ignore) unwind through the `finally` blocks: servers are stopped,
+    # the lock removed and what was measured written.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     if args.quick:
         args.runs, args.duration = 1, min(args.duration, 3.0)
     command = "python -m benchmarks.suite " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -206,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         _write(results, args.out)
     log(f"results in {args.out}")
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _knobs(label: str) -> tuple[int, float, int]:
