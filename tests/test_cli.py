@@ -59,7 +59,7 @@ def test_a_model_that_fails_to_load_stops_start_up_with_a_clear_message() -> Non
         match = wait_for_line(process, r"start-up failed: (.*)")
         assert process.wait(30) != 0
     message = match.group(1)
-    assert "model 'broken' failed to load" in message
+    assert "model 'broken' (version 1) failed to load" in message
     assert "weights.bin not found" in message
     assert "Fix the model's setup()" in message
 
