@@ -97,6 +97,9 @@ def decode(data: bytes, limits: ImageLimits = DEFAULT_LIMITS, *, mode: str = "RG
     try:
         image = Image.open(io.BytesIO(data), formats=sorted(limits.formats))
     except UnidentifiedImageError as exc:
+        known = sniff(data)
+        if known in limits.formats:
+            raise InvalidInput(f"the {known} image could not be decoded; check that the file is complete") from exc
         accepted = ", ".join(sorted(limits.formats))
         raise UnsupportedMediaType(f"the file is not an image in an accepted format ({accepted})") from exc
     except Image.DecompressionBombError as exc:
@@ -116,6 +119,28 @@ def decode(data: bytes, limits: ImageLimits = DEFAULT_LIMITS, *, mode: str = "RG
         raise PayloadTooLarge(f"the image has too many pixels: {exc}") from exc
     except (OSError, SyntaxError, ValueError) as exc:  # Pillow reports truncated and corrupt data so
         raise InvalidInput(f"the image could not be decoded ({exc}); check that the file is complete") from exc
+
+
+def sniff(data: bytes) -> str | None:
+    """The format that `data`'s first bytes announce, if any: tells a corrupt image (422) from a non-image (415)."""
+    for signature, name in _SIGNATURES:
+        if data.startswith(signature):
+            if name == "WEBP" and data[8:12] != b"WEBP":
+                return None  # another RIFF container (WAV, AVI)
+            return name
+    return None
+
+
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"RIFF", "WEBP"),
+)
 
 
 async def decode_async(

@@ -1,0 +1,1 @@
+"""Worked examples that ship with batchery; each is served with `batchery serve <name>`."""

@@ -1,0 +1,169 @@
+"""The three OCR stages as batchery models. Each lane owns one ONNX Runtime session sized to its core share.
+
+rapidocr's pre/post-processing helpers are reused as they are (its classes are created without their
+`__init__`, which would load sessions of their own), so the text read is the text `RapidOCR()` reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from batchery.cores import granted_cores
+from batchery.examples.ocr import _rapidocr
+from batchery.model import Model
+from batchery.runtimes import onnx_impl
+
+
+@dataclass(slots=True)
+class Detected:
+    """One image's text boxes (in the original image's pixels, reading order) and their upright-ish crops."""
+
+    boxes: list[list[list[float]]]
+    crops: list[Any]
+
+
+@dataclass(slots=True)
+class Oriented:
+    """A crop after angle classification: turned upright when the classifier is confident it was upside down."""
+
+    crop: Any
+    label: str
+    score: float
+
+
+class TextDetector(Model):
+    """DB text detection: BGR image in, its boxes and crops out. Same-sized images share one forward pass."""
+
+    name = "ocr-det"
+    max_batch_size = 4
+    example = np.full((64, 64, 3), 255, dtype=np.uint8)
+
+    def setup(self, device: str) -> None:
+        _rapidocr.package()
+        from rapidocr_onnxruntime import RapidOCR
+        from rapidocr_onnxruntime.ch_ppocr_det import TextDetector as RapidDetector
+        from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess
+
+        cfg = _rapidocr.config()
+        glob, det = cfg["Global"], cfg["Det"]
+        self.session = onnx_impl.load(det["model_path"], threads=granted_cores(), device=device)
+        self.input_name = self.session.get_inputs()[0].name
+        self.ocr = object.__new__(RapidOCR)  # its geometry helpers only
+        self.ocr.max_side_len, self.ocr.min_side_len = glob["max_side_len"], glob["min_side_len"]
+        self.ocr.min_height, self.ocr.width_height_ratio = glob["min_height"], glob["width_height_ratio"]
+        self.detector = object.__new__(RapidDetector)  # get_preprocess and filter_tag_det_res only
+        self.detector.limit_side_len, self.detector.limit_type = det["limit_side_len"], det["limit_type"]
+        self.detector.mean, self.detector.std = det["mean"], det["std"]
+        keys = ("thresh", "box_thresh", "max_candidates", "unclip_ratio", "use_dilation", "score_mode")
+        self.postprocess = DBPostProcess(**{key: det[key] for key in keys})
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        prepared = [self._prepare(image) for image in batch]
+        maps: list[Any] = [None] * len(batch)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for index, (tensor, *_rest) in enumerate(prepared):
+            if tensor is not None:
+                by_shape.setdefault(tensor.shape, []).append(index)
+        for indices in by_shape.values():  # one forward pass per distinct input size
+            stacked = np.concatenate([prepared[i][0] for i in indices])
+            output = self.session.run(None, {self.input_name: stacked})[0]
+            for row, i in enumerate(indices):
+                maps[i] = output[row : row + 1]
+        return [self._boxes(image, prep, pred) for image, prep, pred in zip(batch, prepared, maps, strict=True)]
+
+    def _prepare(self, image: Any) -> tuple[Any, Any, dict[str, Any]]:
+        ocr = self.ocr
+        img, ratio_h, ratio_w = ocr.preprocess(image)
+        record: dict[str, Any] = {"preprocess": {"ratio_h": ratio_h, "ratio_w": ratio_w}}
+        img, record = ocr.maybe_add_letterbox(img, record)
+        tensor = self.detector.get_preprocess(max(img.shape[0], img.shape[1]))(img)
+        return tensor, img, record
+
+    def _boxes(self, image: Any, prepared: tuple[Any, Any, dict[str, Any]], pred: Any) -> Detected:
+        _, img, record = prepared
+        if pred is None:
+            return Detected([], [])
+        boxes, _scores = self.postprocess(pred, img.shape[:2])
+        boxes = self.detector.filter_tag_det_res(boxes, img.shape[:2])
+        if boxes is None or len(boxes) < 1:
+            return Detected([], [])
+        boxes = self.ocr.sorted_boxes(boxes)
+        crops = self.ocr.get_crop_img_list(img, boxes)
+        origin = self.ocr._get_origin_points(boxes, record, image.shape[0], image.shape[1])
+        return Detected(origin.tolist(), crops)
+
+
+class AngleClassifier(Model):
+    """Text-line orientation (0 or 180 degrees): crops in, upright crops out. Batches mix many images' crops."""
+
+    name = "ocr-cls"
+    max_batch_size = 64
+    example = np.full((48, 192, 3), 255, dtype=np.uint8)
+
+    def setup(self, device: str) -> None:
+        _rapidocr.package()
+        from rapidocr_onnxruntime.ch_ppocr_cls import TextClassifier
+        from rapidocr_onnxruntime.ch_ppocr_cls.utils import ClsPostProcess
+
+        cls = _rapidocr.config()["Cls"]
+        self.session = onnx_impl.load(cls["model_path"], threads=granted_cores(), device=device)
+        self.input_name = self.session.get_inputs()[0].name
+        self.helper = object.__new__(TextClassifier)  # resize_norm_img only
+        self.helper.cls_image_shape = cls["cls_image_shape"]
+        self.threshold = float(cls["cls_thresh"])
+        self.postprocess = ClsPostProcess(cls["label_list"])
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        import cv2
+
+        tensor = np.stack([self.helper.resize_norm_img(crop) for crop in batch]).astype(np.float32)
+        probabilities = self.session.run(None, {self.input_name: tensor})[0]
+        outputs = []
+        for crop, (label, score) in zip(batch, self.postprocess(probabilities), strict=True):
+            if "180" in label and score > self.threshold:
+                crop = cv2.rotate(crop, cv2.ROTATE_180)
+            outputs.append(Oriented(crop, str(label), float(score)))
+        return outputs
+
+
+class TextRecognizer(Model):
+    """CRNN/SVTR recognition with CTC decoding: crops in, (text, score) out.
+
+    Crops are sorted by aspect ratio and run in chunks of `chunk` (rapidocr's 6), each padded to its widest
+    crop, as rapidocr does: the same padding gives the same text, and sorting keeps padding small.
+    """
+
+    name = "ocr-rec"
+    max_batch_size = 64
+    chunk = 6
+    example = np.full((48, 192, 3), 255, dtype=np.uint8)
+
+    def setup(self, device: str) -> None:
+        _rapidocr.package()
+        from rapidocr_onnxruntime.ch_ppocr_rec import TextRecognizer as RapidRecognizer
+        from rapidocr_onnxruntime.ch_ppocr_rec.utils import CTCLabelDecode
+
+        rec = _rapidocr.config()["Rec"]
+        self.session = onnx_impl.load(rec["model_path"], threads=granted_cores(), device=device)
+        self.input_name = self.session.get_inputs()[0].name
+        self.helper = object.__new__(RapidRecognizer)  # resize_norm_img only
+        self.helper.rec_image_shape = rec["rec_img_shape"]
+        characters = self.session.get_modelmeta().custom_metadata_map["character"].splitlines()
+        self.decode = CTCLabelDecode(character=characters)
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        _, height, width = self.helper.rec_image_shape
+        ratios = [crop.shape[1] / float(crop.shape[0]) for crop in batch]
+        order = np.argsort(np.array(ratios))
+        results: list[Any] = [None] * len(batch)
+        for start in range(0, len(batch), self.chunk):
+            indices = order[start : start + self.chunk]
+            widest = max([width / height, *(ratios[i] for i in indices)])
+            tensor = np.stack([self.helper.resize_norm_img(batch[i], widest) for i in indices]).astype(np.float32)
+            predictions = self.session.run(None, {self.input_name: tensor})[0]
+            for i, (text, score) in zip(indices, self.decode(predictions), strict=True):
+                results[i] = (str(text), float(score))
+        return results
