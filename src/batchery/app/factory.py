@@ -13,13 +13,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from batchery._version import __version__
+from batchery.app import admin
 from batchery.app.limits import BodyLimit
 from batchery.app.production import install
 from batchery.config import Settings
 from batchery.engine import Engine
 from batchery.errors import BatcheryError
 from batchery.metrics import Metrics
-from batchery.app import admin
 from batchery.protocols import DEFAULT_PROTOCOLS, Protocol
 from batchery.protocols.responses import error_response, json_response
 
