@@ -8,7 +8,7 @@ from fastapi import APIRouter
 
 from batchery.config import Settings
 from batchery.engine import Engine
-from batchery.protocols import native, openai_compat, streaming, uploads
+from batchery.protocols import kserve_v2, native, openai_compat, streaming, uploads
 
 
 class Protocol(_Protocol):
@@ -19,4 +19,4 @@ class Protocol(_Protocol):
 
 #: Adapters every app serves, in route order.
 # uploads comes before native: it takes multipart bodies and pipeline names, and lets the rest through.
-DEFAULT_PROTOCOLS: tuple[Protocol, ...] = (uploads, native, openai_compat, streaming)
+DEFAULT_PROTOCOLS: tuple[Protocol, ...] = (uploads, native, openai_compat, kserve_v2, streaming)

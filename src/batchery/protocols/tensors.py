@@ -1,0 +1,185 @@
+"""Typed tensors of the Open Inference Protocol (KServe V2): datatypes, JSON data and the binary extension.
+
+A tensor is a numpy array; BYTES tensors are object arrays of `bytes`. Binary data is little-endian, row-major;
+each BYTES element is a 4-byte little-endian length followed by its bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from math import prod
+from typing import Any
+
+import numpy as np
+import orjson
+
+from batchery.errors import BadRequest
+
+DATATYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "BYTES": np.dtype(object),
+}
+_NAMES = {dtype: name for name, dtype in DATATYPES.items() if name != "BYTES"}
+# JSON values each datatype accepts, by numpy kind: no strings for numbers, no floats for integers.
+_KINDS = {"BOOL": "b", "FP16": "iuf", "FP32": "iuf", "FP64": "iuf"}
+_LENGTH = struct.Struct("<I")
+
+
+@dataclass(slots=True)
+class Tensor:
+    """One named tensor; `array.shape` is its shape."""
+
+    name: str
+    datatype: str
+    array: np.ndarray[Any, Any]
+
+
+def check_header(where: str, datatype: Any, shape: Any) -> tuple[str, list[int]]:
+    """Validate a tensor's datatype and shape as a request states them."""
+    if datatype not in DATATYPES:
+        raise BadRequest(f"{where} has datatype {datatype!r}; use one of {', '.join(DATATYPES)}")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise BadRequest(f"{where} has shape {shape!r}; a shape is a list of non-negative integers such as [2, 3]")
+    return datatype, shape
+
+
+def from_json(where: str, datatype: str, shape: list[int], data: Any) -> np.ndarray[Any, Any]:
+    """A tensor from its JSON `data` (flat or nested, row-major), checked against datatype and shape."""
+    if datatype == "BYTES":
+        flat = _flatten(data)
+        if not all(isinstance(value, str) for value in flat):
+            raise BadRequest(f"{where} is BYTES: its data must be strings")
+        array = np.empty(len(flat), dtype=object)
+        array[:] = [value.encode() for value in flat]
+    else:
+        try:
+            values = np.asarray(data)
+        except ValueError as exc:
+            raise BadRequest(f"{where}: data is not a regular array: {exc}") from exc
+        allowed = _KINDS.get(datatype, "iu")
+        if values.size and values.dtype.kind not in allowed:
+            raise BadRequest(f"{where} is {datatype}, but its data holds {_kind_name(values.dtype.kind)}")
+        dtype = DATATYPES[datatype]
+        array = values.astype(dtype).reshape(-1)
+        if values.dtype.kind in "iu" and dtype.kind in "iu" and not np.array_equal(array, values.reshape(-1)):
+            raise BadRequest(f"{where}: a value is out of range for {datatype}")
+    return _shaped(where, array, shape)
+
+
+def from_binary(where: str, datatype: str, shape: list[int], raw: bytes) -> np.ndarray[Any, Any]:
+    """A tensor from its bytes in the binary extension."""
+    if datatype == "BYTES":
+        elements, offset = [], 0
+        while offset < len(raw):
+            if offset + 4 > len(raw):
+                raise BadRequest(f"{where}: BYTES data ends inside an element's 4-byte length")
+            (length,) = _LENGTH.unpack_from(raw, offset)
+            offset += 4
+            if offset + length > len(raw):
+                raise BadRequest(f"{where}: a BYTES element says {length} bytes but the data ends first")
+            elements.append(raw[offset : offset + length])
+            offset += length
+        array = np.empty(len(elements), dtype=object)
+        array[:] = elements
+        return _shaped(where, array, shape)
+    dtype = DATATYPES[datatype]
+    if len(raw) != prod(shape) * dtype.itemsize:
+        raise BadRequest(
+            f"{where} has {len(raw)} bytes of {datatype} data; shape {shape} needs {prod(shape) * dtype.itemsize}"
+        )
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def to_json(tensor: Tensor) -> list[Any]:
+    """The flat, row-major JSON data of a tensor (BYTES as UTF-8 text)."""
+    flat = tensor.array.reshape(-1)
+    if tensor.datatype == "BYTES":
+        return [value.decode("utf-8", "backslashreplace") for value in flat]
+    return list(flat.tolist())
+
+
+def to_binary(tensor: Tensor) -> bytes:
+    """The bytes of a tensor in the binary extension."""
+    if tensor.datatype == "BYTES":
+        return b"".join(_LENGTH.pack(len(value)) + value for value in tensor.array.reshape(-1))
+    return np.ascontiguousarray(tensor.array, dtype=DATATYPES[tensor.datatype]).tobytes()
+
+
+def from_values(name: str, values: Sequence[Any], datatype: str | None = None) -> Tensor:
+    """Stack one value per input into a tensor: text and bytes become BYTES, numbers a typed tensor, else JSON."""
+    if all(isinstance(value, str | bytes) for value in values):
+        array = np.empty(len(values), dtype=object)
+        array[:] = [value.encode() if isinstance(value, str) else value for value in values]
+        return Tensor(name, "BYTES", array)
+    try:
+        stacked = np.asarray(values)
+    except ValueError:  # ragged: one JSON document per input
+        stacked = np.empty(0, dtype=object)
+    if stacked.dtype.kind in "biuf" and stacked.shape[:1] == (len(values),):
+        if datatype is not None and datatype != "BYTES":
+            return Tensor(name, datatype, stacked.astype(DATATYPES[datatype], copy=False))
+        name_of = _NAMES.get(stacked.dtype)
+        if name_of is not None:
+            return Tensor(name, name_of, stacked)
+    array = np.empty(len(values), dtype=object)
+    array[:] = [orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY) for value in values]
+    return Tensor(name, "BYTES", array)
+
+
+def rows(array: np.ndarray[Any, Any]) -> list[Any]:
+    """One value per row along the first dimension: text for BYTES (bytes when not UTF-8), lists for numbers.
+
+    A row of exactly one element is that element, so shapes [N] and [N, 1] both give N scalars or strings.
+    """
+    values: list[Any] = []
+    for row in array:
+        if isinstance(row, np.ndarray) and row.size == 1:
+            row = row.reshape(-1)[0]
+        if isinstance(row, np.generic):
+            row = row.item()
+        values.append(_text(row.tolist() if isinstance(row, np.ndarray) else row))
+    return values
+
+
+def _text(value: Any) -> Any:
+    """`value` with every bytes object in it decoded as UTF-8 where it can be."""
+    if isinstance(value, list):
+        return [_text(v) for v in value]
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return value
+    return value
+
+
+def _shaped(where: str, array: np.ndarray[Any, Any], shape: list[int]) -> np.ndarray[Any, Any]:
+    if array.size != prod(shape):
+        raise BadRequest(f"{where} has {array.size} values, but its shape {shape} needs {prod(shape)}")
+    return array.reshape(shape)
+
+
+def _flatten(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        return [data]
+    flat: list[Any] = []
+    for value in data:
+        flat.extend(_flatten(value) if isinstance(value, list) else [value])
+    return flat
+
+
+def _kind_name(kind: str) -> str:
+    return {"U": "strings", "f": "floats", "b": "booleans", "O": "mixed values"}.get(kind, "integers")
