@@ -31,6 +31,7 @@ class Settings:
     max_items: int = _setting(256, "most inputs in one request (413 above)")
     drain_seconds: float = _setting(30.0, "on shutdown, how long queued and running requests may take to finish")
     workers: int = _setting(0, "worker lanes per model (0: the model's own setting, else one per core)")
+    dashboard: bool = _setting(True, "serve the live dashboard at GET /dashboard (its data needs the admin key)")
     # Production hardening (docs/production.md): every one of these is off or safe by default.
     api_keys: str = _secret("", "comma-separated API keys; with none here or in api_keys_file, auth is off")
     api_keys_file: str = _setting("", "file with one API key per line (# comments allowed)")
