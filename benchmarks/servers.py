@@ -193,7 +193,8 @@ def _wait_ready(url: str, body: bytes, proc: subprocess.Popen[bytes], timeout: f
                 if response.status == 200:
                     return
         except urllib.error.HTTPError as exc:
-            if 400 <= exc.code < 500:  # the server is up and refuses our body: waiting will not help
+            # Up and refusing our body: waiting will not help (404 is Triton before its model has loaded).
+            if 400 <= exc.code < 500 and exc.code != 404:
                 raise RuntimeError(f"server answers {exc.code} to the benchmark body; see {log}") from exc
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
