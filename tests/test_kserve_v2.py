@@ -195,3 +195,17 @@ def test_tensor_round_trips() -> None:
         assert np.array_equal(tensors.from_json("t", datatype, [2, 3], tensors.to_json(tensor)), array)
     text = tensors.from_values("t", ["\u00e9", b"\xff"])
     assert tensors.rows(tensors.from_binary("t", "BYTES", [2], tensors.to_binary(text))) == ["\u00e9", b"\xff"]
+
+
+async def test_binary_responses_are_cached_whole() -> None:
+    async with running_server([Letters()], cache="memory") as server, httpx.AsyncClient(base_url=server.url) as http:
+        header = _infer("text", [{"shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 6}}])
+        header = header[:-1] + b',"parameters":{"binary_data_output":true}}'
+        body = header + struct.pack("<I", 2) + b"hi"
+        sent = {"inference-header-content-length": str(len(header))}
+        first = await http.post("/v2/models/letters/infer", content=body, headers=sent)
+        second = await http.post("/v2/models/letters/infer", content=body, headers=sent)
+    assert (first.headers["x-cache"], second.headers["x-cache"]) == ("miss", "hit")
+    assert first.content == second.content
+    split = int(second.headers["inference-header-content-length"])
+    assert np.frombuffer(second.content[split:], dtype="<f4").tolist() == [2.0, 1.0, 0.0]

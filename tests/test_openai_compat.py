@@ -14,7 +14,7 @@ import pytest
 from _golden import Letters, cases, replay
 from batchery.models.embedding import SentenceEmbedder
 from batchery.server import Server
-from batchery.testing import EchoModel, running_server, server_thread
+from batchery.testing import EchoModel, SleepModel, running_server, server_thread
 
 
 @pytest.fixture
@@ -140,3 +140,23 @@ async def test_bad_requests_get_openai_error_bodies(
     assert error["type"] == "invalid_request_error"
     assert error["param"] == param
     assert says in error["message"]
+
+
+async def test_the_response_cache_and_deadlines_apply_here_too() -> None:
+    slow = SleepModel(0.5)
+    slow.workers = 1
+    async with (
+        running_server([Letters(), slow], cache="letters=memory") as server,
+        httpx.AsyncClient(base_url=server.url) as http,
+    ):
+        body = {"model": "letters", "input": ["a", "bb"], "encoding_format": "base64"}
+        first = await http.post("/v1/embeddings", json=body)
+        second = await http.post("/v1/embeddings", json=body)
+        assert (first.headers["x-cache"], second.headers["x-cache"]) == ("miss", "hit")
+        assert first.content == second.content
+        late = await http.post(
+            "/v1/embeddings", json={"model": "sleep", "input": "x"}, headers={"X-Request-Timeout-Ms": "50"}
+        )
+    assert late.status_code == 504
+    assert late.json()["error"]["type"] == "server_error"
+    assert late.json()["error"]["code"] == "deadline_exceeded"

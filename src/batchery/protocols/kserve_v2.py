@@ -9,6 +9,7 @@ Errors are `{"error": "message"}`, as the protocol specifies.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,10 +24,12 @@ from batchery.engine import Engine
 from batchery.errors import BadRequest, BatcheryError, InvalidInput, ModelNotFound, PayloadTooLarge
 from batchery.protocols import tensors
 from batchery.protocols.responses import json_response
+from batchery.protocols.serving import Serving
 from batchery.protocols.tensors import Tensor
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 DEFAULT_OUTPUT = "OUTPUT"
+_SPLIT = struct.Struct("<Q")
 
 
 @dataclass(slots=True)
@@ -189,6 +192,7 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
     """The V2 health, metadata and infer routes; each model answers with and without `/versions/{version}`."""
     router = APIRouter(tags=["kserve-v2"])
     max_items = settings.max_items
+    serving = Serving(engine, settings, "kserve_v2")
 
     def find(request: Request) -> Any:
         handle = engine.handle(request.path_params["name"])
@@ -234,16 +238,27 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
     async def infer(request: Request) -> Response:
         try:
             handle = find(request)
-            decoded = decode(await request.body(), request.headers.get(HEADER_LENGTH))
+            raw, header_length = await request.body(), request.headers.get(HEADER_LENGTH)
+            decoded = decode(raw, header_length)
             inputs = items(decoded, _declared(handle, "tensor_inputs"), model=handle.name, max_items=max_items)
-            values = await engine.infer(handle.name, inputs)
-            results = outputs(values, _declared(handle, "tensor_outputs"))
-            body, header_length = encode(decoded, results, model=handle.name, version=handle.version)
+
+            async def compute() -> bytes:
+                values, version = await serving.infer(request, handle, inputs)
+                results = outputs(values, _declared(handle, "tensor_outputs"))
+                body, split = encode(decoded, results, model=handle.name, version=version)
+                # A cached entry is bytes only: the JSON header's length (0: all JSON) travels in front.
+                return _SPLIT.pack(split or 0) + body
+
+            canonical = (header_length or "").encode() + b"\0" + raw
+            cached, cache = await serving.cached(request, handle, canonical, compute)
         except BatcheryError as exc:
             return error_response(exc)
-        if header_length is None:
-            return json_response(body)
-        headers = {HEADER_LENGTH: str(header_length)}
+        (split,) = _SPLIT.unpack_from(cached)
+        body = cached[_SPLIT.size :]
+        headers = {"X-Cache": cache} if cache is not None else {}
+        if not split:
+            return json_response(body, headers=headers)
+        headers[HEADER_LENGTH] = str(split)
         return Response(body, headers=headers, media_type="application/octet-stream")
 
     router.add_api_route("/v2", server_metadata, methods=["GET"], summary="Server metadata")

@@ -19,10 +19,12 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from batchery.cache import canonical_json
 from batchery.config import Settings
 from batchery.engine import Engine
 from batchery.errors import BadRequest, BatcheryError, InvalidInput, ModelNotFound, PayloadTooLarge
 from batchery.protocols.responses import json_response
+from batchery.protocols.serving import Serving
 
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 ENCODINGS = ("float", "base64")
@@ -149,6 +151,7 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
     """`POST /v1/embeddings`. (`GET /v1/models` is the native route; it carries OpenAI's fields too.)"""
     router = APIRouter(tags=["openai"])
     max_items = settings.max_items
+    serving = Serving(engine, settings, "openai")
 
     async def embeddings(request: Request) -> Response:
         try:
@@ -157,21 +160,25 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
                 handle = engine.handle(name)
             except ModelNotFound as exc:
                 raise ParamError(exc.message, "model", status=exc.status, code=exc.code) from exc
-            model = getattr(handle, "decoder", None)
+            model = handle.decoder
             native = getattr(model, "dimensions", None)
             if dimensions is not None and isinstance(native, int) and native != dimensions:
                 raise _unsupported_dimensions(handle.name, native, dimensions)
-            outputs = await engine.infer(handle.name, inputs)
-            body = encode(
-                outputs,
-                model=handle.name,
-                encoding=encoding,
-                dimensions=dimensions,
-                prompt_tokens=count_tokens(model, inputs),
-            )
+            headers = {"X-Model-Version": handle.version}
+
+            async def compute() -> bytes:
+                outputs, headers["X-Model-Version"] = await serving.infer(request, handle, inputs)
+                tokens = count_tokens(model, inputs)
+                return encode(
+                    outputs, model=handle.name, encoding=encoding, dimensions=dimensions, prompt_tokens=tokens
+                )
+
+            body, cache = await serving.cached(request, handle, canonical_json((inputs, encoding, dimensions)), compute)
         except BatcheryError as exc:
             return encode_error(exc)
-        return json_response(body, headers={"X-Model-Version": handle.version})
+        if cache is not None:
+            headers["X-Cache"] = cache
+        return json_response(body, headers=headers)
 
     router.add_api_route(
         "/v1/embeddings",

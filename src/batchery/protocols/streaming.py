@@ -22,6 +22,7 @@ from batchery.batching.streaming import END, Stream, StreamingModel
 from batchery.config import Settings
 from batchery.engine import Engine
 from batchery.errors import BadRequest, BatcheryError, PredictError
+from batchery.protocols.serving import Serving
 
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 _HEADERS = [
@@ -132,6 +133,7 @@ async def _wait_for_disconnect(receive: Receive) -> None:
 def routes(engine: Engine, settings: Settings) -> APIRouter:
     """`POST /v1/models/{name}/stream`."""
     router = APIRouter(tags=["models"])
+    serving = Serving(engine, settings, "stream")
 
     async def stream(request: Request) -> Response:
         handle = engine.handle(request.path_params["name"])
@@ -142,7 +144,8 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
             )
         (payload,) = engine.decode(handle, [decode(await request.body())])
         item = Stream(payload, asyncio.get_running_loop())
-        task = asyncio.ensure_future(engine.infer_decoded(handle, [item]))
+        # The deadline bounds the wait for a batch (504 before any event); a running stream is not cut short.
+        task = asyncio.ensure_future(engine.infer_decoded(handle, [item], deadline=serving.deadline(request)))
         # One turn of the loop runs the task up to its queueing, so a full queue is a 503 before any event.
         await asyncio.sleep(0)
         error = task.exception() if task.done() else None
