@@ -17,13 +17,8 @@ from collections.abc import Container
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from batchery.app.auth import CLIENT
+from batchery.app.scope import CLIENT, MODEL, REQUEST_ID
 from batchery.metrics import Metrics
-
-#: Where the middleware leaves the request id for the app's own logs.
-REQUEST_ID = "batchery.request_id"
-#: An adapter that learns the model from the body (not the path) sets this scope key for metrics and logs.
-MODEL = "batchery.model"
 
 _VALID_ID = re.compile(rb"[!-~]{1,128}")
 access_log = logging.getLogger("batchery.access")

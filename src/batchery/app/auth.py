@@ -14,6 +14,7 @@ from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from batchery.app.scope import CLIENT
 from batchery.config import Settings
 from batchery.errors import BatcheryError, ConfigError
 from batchery.metrics import Metrics
@@ -21,8 +22,7 @@ from batchery.protocols.responses import error_response
 
 #: Longer credentials are refused unread: no configured key is that long.
 MAX_KEY_BYTES = 1024
-#: Where the middleware leaves the caller's key id (a short digest) for the rate limiter and access log.
-CLIENT = "batchery.client"
+__all__ = ["CLIENT", "ApiKeys", "Auth", "Forbidden", "Unauthorized"]
 
 
 class Unauthorized(BatcheryError):

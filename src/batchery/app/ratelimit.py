@@ -16,7 +16,7 @@ from typing import Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from batchery.app.auth import CLIENT
+from batchery.app.scope import CLIENT
 from batchery.errors import BatcheryError
 from batchery.metrics import Metrics
 from batchery.protocols.responses import error_response

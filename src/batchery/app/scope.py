@@ -1,0 +1,8 @@
+"""Keys the middleware leaves in the ASGI scope for the layers inside it (no imports: anyone may read them)."""
+
+#: The caller's API key id (a short digest, never the key), set by the auth middleware.
+CLIENT = "batchery.client"
+#: The request id, set by the telemetry middleware.
+REQUEST_ID = "batchery.request_id"
+#: The model name, for adapters that learn it from the body (not the path): metrics and access logs use it.
+MODEL = "batchery.model"
