@@ -32,6 +32,8 @@ class Settings:
     drain_seconds: float = _setting(30.0, "on shutdown, how long queued and running requests may take to finish")
     workers: int = _setting(0, "worker lanes per model (0: the model's own setting, else one per core)")
     dashboard: bool = _setting(True, "serve the live dashboard at GET /dashboard (its data needs the admin key)")
+    trusted_proxies: str = _setting("", "proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For is believed")
+    allow_clients: str = _setting("", "if set, only these client IPs or CIDRs are served (probes stay open)")
     # Production hardening (docs/production.md): every one of these is off or safe by default.
     api_keys: str = _secret("", "comma-separated API keys; with none here or in api_keys_file, auth is off")
     api_keys_file: str = _setting("", "file with one API key per line (# comments allowed)")

@@ -81,6 +81,8 @@ class Server:
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=max(1, round(self.settings.drain_seconds)),
+            # uvicorn would trust X-Forwarded-For from 127.0.0.1 by default; app/proxy.py decides whom to trust.
+            proxy_headers=False,
         )
         server = _Uvicorn(config, self.started, self._begin_drain)
         self._uvicorn = server

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from batchery._version import __version__
-from batchery.app import admin, dashboard
+from batchery.app import admin, dashboard, proxy
 from batchery.app.limits import BodyLimit
 from batchery.app.production import install
 from batchery.config import Settings
@@ -66,6 +66,7 @@ def create_app(
     app.state.drain_started = None
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, metrics=metrics)
     app.state.production = install(app, engine, settings, metrics)
+    proxy.install(app, settings)  # outermost: everything after it sees the real client address
     app.state.metrics = metrics
     app.state.responses = app.state.production.responses
 
