@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
+from _golden import cases, replay
 from batchery import Engine
 from batchery.batching.streaming import DONE, END, Stream, StreamingModel
 from batchery.model import Model
@@ -55,6 +57,11 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
     models = [WordStreamer(), EchoModel(), FailsMidStream()]
     async with running_server(models) as server, httpx.AsyncClient(base_url=server.url, timeout=30) as client:
         yield client
+
+
+@pytest.mark.parametrize("case", cases("streaming"), ids=lambda p: p.stem)
+async def test_golden(http: httpx.AsyncClient, case: Path) -> None:
+    await replay(http, case)
 
 
 async def test_streams_one_event_per_word_then_done(http: httpx.AsyncClient) -> None:
