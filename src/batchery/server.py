@@ -15,6 +15,7 @@ from typing import Any
 import uvicorn
 
 from batchery.app.factory import create_app
+from batchery.app.fastpath import FastDispatch
 from batchery.config import Settings
 from batchery.engine import Engine
 from batchery.errors import ModelLoadError
@@ -74,7 +75,7 @@ class Server:
         if sock is None:
             sock = bind(self.settings.host, self.settings.port)
         config = uvicorn.Config(
-            self.app,
+            FastDispatch(self.app),
             loop="auto",
             http="auto",
             log_level=self.settings.log_level,

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from batchery._version import __version__
-from batchery.app import admin, dashboard, proxy
+from batchery.app import admin, dashboard, failures, proxy
 from batchery.app.limits import BodyLimit
 from batchery.app.production import install
 from batchery.config import Settings
@@ -21,12 +21,9 @@ from batchery.engine import Engine
 from batchery.errors import BatcheryError
 from batchery.metrics import Metrics
 from batchery.protocols import DEFAULT_PROTOCOLS, Protocol
-from batchery.protocols.responses import error_response, json_response
+from batchery.protocols.responses import json_response
 
 log = logging.getLogger("batchery.app")
-
-#: Refusals the web layer counts in batchery_rejected_total, by error code.
-_REJECTION_REASONS = {"payload_too_large": "too_large", "not_ready": "not_ready"}
 
 
 def create_app(
@@ -89,10 +86,11 @@ def create_app(
 
 async def _handle_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BatcheryError)  # registered for BatcheryError only
-    metrics: Metrics | None = request.app.state.metrics
-    if metrics is not None and exc.code in _REJECTION_REASONS:  # queue_full and deadline: counted by the engine
-        model = request.path_params.get("name", "")
-        metrics.rejected(model if model in request.app.state.engine.handles else "", _REJECTION_REASONS[exc.code], 1)
-    if exc.status >= 500 and exc.status not in (503, 504):
-        log.error("%s %s failed: %s", request.method, request.url.path, exc.message, exc_info=exc.__cause__)
-    return error_response(exc)
+    return failures.answer(
+        exc,
+        metrics=request.app.state.metrics,
+        engine=request.app.state.engine,
+        model=request.path_params.get("name", ""),
+        method=request.method,
+        path=request.url.path,
+    )

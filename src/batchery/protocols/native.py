@@ -6,6 +6,7 @@ Response: `{"output": ...}` or `{"outputs": [...]}` to match, plus `"model"` and
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -14,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Scope
 
-from batchery.app.auth import CLIENT
 from batchery.app.deadline import infer_until, request_deadline, request_priority
+from batchery.app.scope import CLIENT
 from batchery.cache import ResponseCache, cache_key, canonical_json
 from batchery.config import Settings
 from batchery.engine import Engine, ModelHandle
@@ -84,12 +85,36 @@ def _client_address(scope: Scope) -> str:
     return str(peer[0]) if peer else ""
 
 
-def routes(engine: Engine, settings: Settings) -> APIRouter:
-    """`GET /v1/models` and `POST /v1/models/{name}/predict`."""
-    router = APIRouter(tags=["models"])
+Predictor = Callable[[Scope, str, bytes, "ResponseCache | None"], Awaitable[tuple[bytes, dict[str, str]]]]
+
+
+def predictor(engine: Engine, settings: Settings) -> Predictor:
+    """The predict route's work, framework-free: (scope, model name, raw body, cache) to (body, headers)."""
     max_items = settings.max_items
     timeout = settings.request_timeout_ms / 1000.0
     caching = bool(settings.cache)
+
+    async def predict(
+        scope: Scope, name: str, raw: bytes, responses: ResponseCache | None
+    ) -> tuple[bytes, dict[str, str]]:
+        handle = engine.handle(name)
+        inputs, single = decode(raw, max_items=max_items)
+        deadline = request_deadline(scope, timeout)
+        if caching and responses is not None and responses.enabled(handle.name):
+            key = cache_key("native", handle.name, handle.version, canonical_json((single, inputs)))
+            body, hit = await responses.get_or_compute(
+                handle.name, key, lambda: _body(engine, handle, inputs, single, deadline, scope)
+            )
+            return body, {"X-Model-Version": handle.version, "X-Cache": "hit" if hit else "miss"}
+        body, version = await _compute(engine, handle, inputs, single, deadline, scope)
+        return body, {"X-Model-Version": version}
+
+    return predict
+
+
+def routes(engine: Engine, settings: Settings) -> APIRouter:
+    """`GET /v1/models` and `POST /v1/models/{name}/predict`."""
+    router = APIRouter(tags=["models"])
 
     async def list_models() -> Response:
         from batchery.protocols.openai_compat import model_objects
@@ -98,22 +123,15 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
         infos = engine.models()
         return json_response(orjson.dumps({"object": "list", "data": model_objects(infos), "models": infos}))
 
-    # The predict endpoint reads the raw body and returns ready bytes: no per-request validation framework.
+    predict_bytes = predictor(engine, settings)
+
+    # Normally app/fastpath.py answers this route below the framework; this endpoint serves the same requests
+    # (and documents them in /docs) when the app is used without it.
     async def predict(request: Request) -> Response:
-        handle = engine.handle(request.path_params["name"])
-        inputs, single = decode(await request.body(), max_items=max_items)
-        deadline = request_deadline(request.scope, timeout)
-        if caching:
-            responses: ResponseCache | None = request.app.state.responses
-            if responses is not None and responses.enabled(handle.name):
-                key = cache_key("native", handle.name, handle.version, canonical_json((single, inputs)))
-                body, hit = await responses.get_or_compute(
-                    handle.name, key, lambda: _body(engine, handle, inputs, single, deadline, request.scope)
-                )
-                headers = {"X-Model-Version": handle.version, "X-Cache": "hit" if hit else "miss"}
-                return json_response(body, headers=headers)
-        body, version = await _compute(engine, handle, inputs, single, deadline, request.scope)
-        return json_response(body, headers={"X-Model-Version": version})
+        body, headers = await predict_bytes(
+            request.scope, request.path_params["name"], await request.body(), request.app.state.responses
+        )
+        return json_response(body, headers=headers)
 
     router.add_api_route(
         "/v1/models", list_models, methods=["GET"], summary="The served models, their status and batching settings"
