@@ -134,7 +134,7 @@ def encode(request: InferRequest, results: list[Tensor], *, model: str, version:
     if request.id is not None:
         body["id"] = request.id
     body["outputs"] = described
-    header = orjson.dumps(body)
+    header = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
     if not binaries:
         return header, None
     return header + b"".join(binaries), len(header)

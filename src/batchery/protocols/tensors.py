@@ -103,12 +103,17 @@ def from_binary(where: str, datatype: str, shape: list[int], raw: bytes) -> np.n
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
-def to_json(tensor: Tensor) -> list[Any]:
-    """The flat, row-major JSON data of a tensor (BYTES as UTF-8 text)."""
+def to_json(tensor: Tensor) -> Any:
+    """The flat, row-major data of a tensor for `orjson.dumps(..., option=OPT_SERIALIZE_NUMPY)`.
+
+    BYTES become UTF-8 text; other types stay a contiguous numpy array, which orjson writes natively.
+    """
     flat = tensor.array.reshape(-1)
     if tensor.datatype == "BYTES":
         return [value.decode("utf-8", "backslashreplace") for value in flat]
-    return list(flat.tolist())
+    if tensor.datatype == "FP16":  # orjson has no float16
+        return flat.tolist()
+    return np.ascontiguousarray(flat)
 
 
 def to_binary(tensor: Tensor) -> bytes:
