@@ -38,6 +38,9 @@ NAMES = (
     "batchery_model_load_seconds",
     "batchery_gpu_utilization_ratio",
     "batchery_gpu_memory_used_bytes",
+    "batchery_model_reloads_total",
+    "batchery_oom_events_total",
+    "batchery_batch_cap",
 )
 
 
@@ -77,7 +80,7 @@ class Metrics:
             ) from exc
         self.engine: Engine | None = None
         self.in_flight = 0
-        self.requests: dict[tuple[str, str, str], int] = {}
+        self.requests: dict[tuple[str, str, int], int] = {}
         self.durations: dict[tuple[str, str], Histogram] = {}
         self.queue_wait: dict[str, Histogram] = {}
         self.compute: dict[str, Histogram] = {}
@@ -112,7 +115,7 @@ class Metrics:
 
     # Called by the web layer.
     def request_done(self, model: str, route: str, status: int, seconds: float) -> None:
-        key = (model, route, str(status))
+        key = (model, route, status)
         self.requests[key] = self.requests.get(key, 0) + 1
         durations = self.durations.get((model, route))
         if durations is None:
@@ -144,8 +147,8 @@ class _Collector:
         requests = CounterMetricFamily(
             "batchery_requests", "HTTP requests answered", labels=("model", "route", "status")
         )
-        for labels, count in m.requests.items():
-            requests.add_metric(labels, count)
+        for (model, route, status), count in m.requests.items():
+            requests.add_metric((model, route, str(status)), count)
         yield requests
         yield _histograms(
             HistogramMetricFamily, "batchery_request_duration_seconds", "Time from request to response",
@@ -159,13 +162,29 @@ class _Collector:
             yield _histograms(HistogramMetricFamily, name, text, ("model",), {(k,): v for k, v in source.items()})
         depth = GaugeMetricFamily("batchery_queue_depth", "Inputs waiting in the model's queue", labels=("model",))
         load = GaugeMetricFamily("batchery_model_load_seconds", "Model load and warm-up time", labels=("model",))
+        reloads = CounterMetricFamily(
+            "batchery_model_reloads", "Hot reloads and rollbacks, by result", labels=("model", "result")
+        )
+        ooms = CounterMetricFamily(
+            "batchery_oom_events", "Batches that ran out of memory and were split", labels=("model",)
+        )
+        cap = GaugeMetricFamily(
+            "batchery_batch_cap", "Effective batch size cap (lowered by out-of-memory)", labels=("model",)
+        )
         if m.engine is not None:
             for handle in m.engine.handles.values():
                 depth.add_metric((handle.name,), handle.batcher.queued)
                 if handle.load_seconds is not None:
                     load.add_metric((handle.name,), handle.load_seconds)
+                reloads.add_metric((handle.name, "ok"), handle.reloads)
+                reloads.add_metric((handle.name, "failed"), handle.reload_failures)
+                ooms.add_metric((handle.name,), handle.batcher.stats.oom_events)
+                cap.add_metric((handle.name,), handle.batcher.cap.value)
         yield depth
         yield load
+        yield reloads
+        yield ooms
+        yield cap
         yield GaugeMetricFamily("batchery_in_flight_requests", "HTTP requests being answered", value=m.in_flight)
         cache = CounterMetricFamily(
             "batchery_cache_events", "Response cache look-ups: hit, miss or error", labels=("model", "backend", "event")

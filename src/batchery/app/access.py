@@ -36,7 +36,7 @@ class Telemetry:
         self.log = log
         # Only served model names become label values: a request for /v1/models/<anything> must not add series.
         self.models = models
-        self._prefix = os.urandom(4).hex()
+        self._prefix = os.urandom(4).hex().encode()
         self._counter = itertools.count(1)
         if log != "off":
             _configure(access_log)
@@ -53,7 +53,7 @@ class Telemetry:
                     request_id = value
                 break
         if not request_id:
-            request_id = f"{self._prefix}-{next(self._counter)}".encode()
+            request_id = b"%s-%d" % (self._prefix, next(self._counter))
         scope[REQUEST_ID] = request_id
         header = (b"x-request-id", request_id)
         status = 500  # what the client gets if the app fails before it starts a response
