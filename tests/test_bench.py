@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from batchery.bench import payloads, report
+from batchery.bench import payloads, report, trace
 from batchery.bench.load import LoadSpec, Measurement, measure
 from batchery.cli import main
 from batchery.errors import ConfigError
@@ -167,3 +167,67 @@ def test_cli_rejects_bad_numbers(flag: list[str], capsys: pytest.CaptureFixture[
         main(["bench", "http://127.0.0.1:1/x", *flag])
     assert exc.value.code == 2
     assert "batchery bench: error: argument" in capsys.readouterr().err
+
+
+async def test_trace_sends_each_arrival_once_with_the_headers() -> None:
+    arrivals = [0.0, 0.01, 0.02, 0.1, 0.2, 0.21, 0.3]
+    async with running_server([EchoModel()]) as server:
+        good = report.summarize(await measure(_spec(server.url, arrivals=arrivals, deadline_ms=60_000.0)))
+        # A header the server refuses proves the headers are sent.
+        bad = await measure(_spec(server.url, arrivals=arrivals, headers={"X-Request-Timeout-Ms": "soon"}))
+    assert good.mode == "trace"
+    assert good.requests == good.ok == good.good == len(arrivals)
+    assert good.good_share == 1.0
+    assert bad.statuses == {400: len(arrivals)}
+
+
+async def test_goodput_counts_only_answers_within_the_deadline() -> None:
+    async with running_server([EchoModel()]) as server:
+        result = report.summarize(await measure(_spec(server.url, rate=50.0, deadline_ms=1e-6)))
+    assert result.ok > 0
+    assert result.good == 0
+    assert result.goodput == 0.0
+
+
+def test_bursty_trace_is_seeded_and_follows_its_rates() -> None:
+    offsets = trace.bursty(high=1000.0, low=100.0, on=0.5, off=1.5, duration=20.0, seed=3)
+    assert offsets == trace.bursty(high=1000.0, low=100.0, on=0.5, off=1.5, duration=20.0, seed=3)
+    assert offsets != trace.bursty(high=1000.0, low=100.0, on=0.5, off=1.5, duration=20.0, seed=4)
+    assert offsets == sorted(offsets)
+    assert offsets[0] >= 0
+    assert offsets[-1] < 20.0
+    in_bursts = sum(1 for t in offsets if t % 2.0 < 0.5)
+    # 10 bursts x 500 expected, 10 quiet periods x 150 expected; Poisson counts stay well within 10%.
+    assert 4500 < in_bursts < 5500
+    assert 1350 < len(offsets) - in_bursts < 1650
+    assert trace.parse("bursty:high=1000,low=100,on=0.5,off=1.5,duration=20,seed=3") == offsets
+
+
+def test_trace_files_and_bad_traces(tmp_path: Path) -> None:
+    path = tmp_path / "trace.txt"
+    path.write_text("# seconds\n0.5\n0\n\n1.25  # late\n")
+    assert trace.read(path) == [0.0, 0.5, 1.25]
+    path.write_text("0\nsoon\n")
+    with pytest.raises(ConfigError, match=r"trace\.txt:2: 'soon' is not a number"):
+        trace.read(path)
+    with pytest.raises(ConfigError, match="unknown bursty trace setting 'peak'"):
+        trace.parse("bursty:peak=5")
+    with pytest.raises(ConfigError, match="misses on, off"):
+        trace.parse("bursty:high=5,low=1")
+    with pytest.raises(ConfigError, match="no arrivals"):
+        trace.parse("bursty:high=0.001,low=0,on=0.1,off=0.1,duration=0.2")
+    with pytest.raises(ConfigError, match="rate or a trace"):
+        LoadSpec("http://127.0.0.1:8000/x", [b"{}"], rate=5.0, arrivals=[0.0])
+
+
+def test_cli_trace_with_header_and_deadline(capsys: pytest.CaptureFixture[str]) -> None:
+    with server_thread([EchoModel()]) as server:
+        url = f"{server.url}/v1/models/echo/predict"
+        argv = ["bench", url, "--trace", "bursty:high=200,low=20,on=0.1,off=0.1,duration=0.4,seed=1"]
+        code = main([*argv, "-H", "X-Request-Timeout-Ms: 5000", "--deadline-ms", "5000", "--warmup", "0", "-q"])
+        assert code == 0
+        assert main(["bench", url, "-H", "no colon", "-d", "0.1"]) == 2
+    captured = capsys.readouterr()
+    assert "| trace of " in captured.out
+    assert "good (share)" in captured.out
+    assert "a header must look like 'Name: value'" in captured.err

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from batchery.bench import payloads, report
+from batchery.bench import payloads, report, trace
 from batchery.bench.load import LoadSpec, Measurement, Progress, measure
 from batchery.errors import ConfigError
 
@@ -52,7 +52,8 @@ def add_parser(subcommands: Any) -> argparse.ArgumentParser:
         help="load a running server and report throughput and latency",
         description="POST request bodies to URL and report throughput, p50/p95/p99 and errors. "
         "Closed loop by default (each connection sends when its last answer arrived); --rate switches to "
-        "open loop (a fixed arrival rate, latency counted from the intended send time).",
+        "open loop (a fixed arrival rate, latency counted from the intended send time); --trace replays a "
+        "trace of send times (a file, or a seeded bursty one).",
     )
     p.add_argument("url", help=f"endpoint to POST to; a bare http://host:port means {DEFAULT_PATH}")
     p.add_argument("--payload", type=Path, help="file of request bodies, one JSON document per line (rotated)")
@@ -68,6 +69,15 @@ def add_parser(subcommands: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "-r", "--rate", type=_positive_list(float), help="open loop: arrivals per second, or a list to sweep"
     )
+    p.add_argument(
+        "--trace",
+        help="open loop along a trace: a file of send offsets (s, one a line) or "
+        "bursty:high=600,low=60,on=0.5,off=1.5,duration=10,seed=1 (req/s in bursts and between, seconds)",
+    )
+    p.add_argument(
+        "-H", "--header", action="append", default=[], help="'Name: value' sent with every request (repeatable)"
+    )
+    p.add_argument("--deadline-ms", type=_positive(float), help="count as goodput only answers within this many ms")
     p.add_argument("-d", "--duration", type=_positive(float), default=10.0, help="seconds measured per run (10)")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of load before measuring starts (1)")
     p.add_argument("--timeout", type=_positive(float), default=30.0, help="seconds before a request fails (30)")
@@ -99,13 +109,36 @@ def _specs(args: argparse.Namespace) -> list[LoadSpec]:
         if args.payload is not None
         else payloads.embedding_bodies(args.inputs_per_request)
     )
-    common = {"bodies": bodies, "duration": args.duration, "warmup": args.warmup, "timeout": args.timeout}
+    common = {
+        "bodies": bodies,
+        "duration": args.duration,
+        "warmup": args.warmup,
+        "timeout": args.timeout,
+        "headers": _headers(args.header),
+        "deadline_ms": args.deadline_ms,
+    }
+    if args.trace is not None:
+        if args.rate is not None or (args.connections is not None and len(args.connections) > 1):
+            raise ConfigError("with --trace, give no --rate and one --connections value (the pool size)")
+        pool = args.connections[0] if args.connections else 128
+        arrivals = trace.parse(args.trace)
+        return [LoadSpec(url, connections=pool, arrivals=arrivals, max_requests=args.requests, **common)]
     if args.rate is None:
         return [LoadSpec(url, connections=c, max_requests=args.requests, **common) for c in (args.connections or [16])]
     if args.connections is not None and len(args.connections) > 1:
         raise ConfigError("with --rate, give one --connections value: the pool size each rate may use")
     pool = args.connections[0] if args.connections else 128
     return [LoadSpec(url, connections=pool, rate=r, max_requests=args.requests, **common) for r in args.rate]
+
+
+def _headers(raw: list[str]) -> dict[str, str] | None:
+    headers: dict[str, str] = {}
+    for text in raw:
+        name, sep, value = text.partition(":")
+        if not sep or not name.strip() or any(c in text for c in "\r\n"):
+            raise ConfigError(f"a header must look like 'Name: value', not {text!r}")
+        headers[name.strip()] = value.strip()
+    return headers or None
 
 
 async def _check_reachable(url: str) -> None:
@@ -138,7 +171,13 @@ async def _run_all(specs: list[LoadSpec], quiet: bool) -> list[Measurement]:
     await _check_reachable(specs[0].url)
     results = []
     for spec in specs:
-        label = f"[{spec.connections} conn]" if spec.rate is None else f"[{spec.rate:g} req/s]"
+        label = (
+            f"[trace of {len(spec.arrivals)}]"
+            if spec.arrivals is not None
+            else f"[{spec.connections} conn]"
+            if spec.rate is None
+            else f"[{spec.rate:g} req/s]"
+        )
         results.append(await measure(spec, None if quiet else _progress_printer(label)))
         if not quiet and sys.stderr.isatty():
             print(file=sys.stderr)

@@ -1,15 +1,17 @@
 """The load generator: closed loop (N connections, each sends when its last answer came back) or open loop
-(a fixed arrival rate; latency counts from the intended send time, so a slow server cannot hide its queue).
+(a fixed arrival rate, or a trace of send times; latency counts from the intended send time, so a slow server
+cannot hide its queue).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import resource
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -19,7 +21,11 @@ from batchery.errors import ConfigError
 
 @dataclass(frozen=True, slots=True)
 class LoadSpec:
-    """One measurement: where, what, how hard and for how long. `rate` None means closed loop."""
+    """One measurement: where, what, how hard and for how long. `rate` and `arrivals` None mean closed loop.
+
+    `arrivals` (open loop): intended send times in seconds from the start; the run ends with the last one.
+    `deadline_ms`: answers slower than this do not count as goodput. `headers` go with every request.
+    """
 
     url: str
     bodies: Sequence[bytes]
@@ -29,6 +35,9 @@ class LoadSpec:
     warmup: float = 1.0
     timeout: float = 30.0
     max_requests: int | None = None
+    arrivals: Sequence[float] | None = None
+    headers: Mapping[str, str] | None = None
+    deadline_ms: float | None = None
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
@@ -46,6 +55,17 @@ class LoadSpec:
             raise ConfigError("duration and timeout must be > 0 seconds and warmup >= 0")
         if self.max_requests is not None and self.max_requests < 1:
             raise ConfigError(f"max_requests must be >= 1, not {self.max_requests}")
+        if self.arrivals is not None:
+            if self.rate is not None:
+                raise ConfigError("give an arrival rate or a trace of arrivals, not both")
+            if not self.arrivals or self.arrivals[0] < 0:
+                raise ConfigError("a trace needs at least one arrival, at an offset >= 0 seconds")
+        if self.deadline_ms is not None and not self.deadline_ms > 0:
+            raise ConfigError(f"the goodput deadline must be > 0 ms, not {self.deadline_ms}")
+
+    @property
+    def open_loop(self) -> bool:
+        return self.rate is not None or self.arrivals is not None
 
     @property
     def path(self) -> str:
@@ -151,7 +171,8 @@ async def _send(run: _Run, conn: Connection | None, sent_at: float) -> Connectio
     try:
         if conn is None:
             conn = await asyncio.wait_for(Connection.open(spec.url), spec.timeout)
-        response = await asyncio.wait_for(conn.request(spec.method, spec.path, run.body()), spec.timeout)
+        request = conn.request(spec.method, spec.path, run.body(), dict(spec.headers) if spec.headers else None)
+        response = await asyncio.wait_for(request, spec.timeout)
     except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, TimeoutError) as exc:
         run.done(sent_at, None, type(exc).__name__)
         if conn is not None:
@@ -187,16 +208,25 @@ async def _open_sender(run: _Run, due: asyncio.Queue[float | None]) -> None:
             await conn.close()
 
 
-async def _schedule(run: _Run, due: asyncio.Queue[float | None], rate: float) -> None:
+def _offsets(spec: LoadSpec) -> Iterator[float]:
+    """Intended send times from the start of the run: the trace, or one every 1/rate seconds."""
+    if spec.arrivals is not None:
+        return iter(spec.arrivals)
+    assert spec.rate is not None  # only called in open loop
+    interval = 1.0 / spec.rate
+    return (index * interval for index in itertools.count())
+
+
+async def _schedule(run: _Run, due: asyncio.Queue[float | None]) -> None:
     """Put each intended send time on the queue when it falls due (wrk2's constant-throughput model)."""
-    interval = 1.0 / rate
-    index = 0
-    while not run.finished():
-        now = time.perf_counter()
-        while run.start + index * interval <= now:
-            due.put_nowait(run.start + index * interval)
-            index += 1
-        await asyncio.sleep(max(0.0, run.start + index * interval - time.perf_counter()))
+    for offset in _offsets(run.spec):
+        at = run.start + offset
+        if run.stopped or at >= run.stop_at:
+            return
+        delay = at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        due.put_nowait(at)
 
 
 def _show_progress(run: _Run, since: float) -> float:
@@ -234,19 +264,21 @@ async def measure(spec: LoadSpec, on_progress: ProgressCallback | None = None) -
     run.start = time.perf_counter()
     run.measure_from = run.start + spec.warmup
     run.stop_at = run.measure_from + spec.duration
+    if spec.arrivals is not None:
+        run.stop_at = run.start + spec.arrivals[-1] + 1e-6  # the trace sets the length of the run
     reporter = asyncio.create_task(_report(run)) if on_progress is not None else None
     cpu_before = 0.0
     cpu_task = asyncio.create_task(asyncio.sleep(spec.warmup))
     try:
-        if spec.rate is None:
+        if not spec.open_loop:
             senders = [asyncio.create_task(_closed_sender(run)) for _ in range(spec.connections)]
         else:
             due: asyncio.Queue[float | None] = asyncio.Queue()
             senders = [asyncio.create_task(_open_sender(run, due)) for _ in range(spec.connections)]
-            scheduler = asyncio.create_task(_schedule(run, due, spec.rate))
+            scheduler = asyncio.create_task(_schedule(run, due))
         await cpu_task
         cpu_before = _cpu_seconds()
-        if spec.rate is not None:
+        if spec.open_loop:
             await scheduler
             # Requests still queued at the end never went out: the client could not keep up with the rate
             # on the connections it has. They count as errors rather than stretching the run.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -14,7 +15,11 @@ from batchery.bench.load import Measurement
 
 @dataclass(slots=True)
 class Summary:
-    """One run in numbers. Latencies in ms; `throughput` counts successful answers per second."""
+    """One run in numbers. Latencies in ms; `throughput` counts successful answers per second.
+
+    `good` counts successful answers within `deadline_ms` (all successes when there is no deadline); `goodput`
+    is their rate and `good_share` their share of the requests sent.
+    """
 
     url: str
     mode: str
@@ -35,6 +40,10 @@ class Summary:
     statuses: dict[str, int]
     transport_errors: dict[str, int]
     client_cpu: float
+    deadline_ms: float | None = None
+    good: int = 0
+    goodput: float = 0.0
+    good_share: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,13 +63,15 @@ def summarize(m: Measurement) -> Summary:
     rejected = sorted(m.rejected_ms)
     failed = len(m.failed_ms) + sum(m.transport_errors.values())
     spec = m.spec
+    requests = len(ok) + len(rejected) + failed
+    good = len(ok) if spec.deadline_ms is None else bisect.bisect_right(ok, spec.deadline_ms)
     return Summary(
         url=spec.url,
-        mode="closed" if spec.rate is None else "open",
+        mode="trace" if spec.arrivals is not None else "closed" if spec.rate is None else "open",
         connections=spec.connections,
         rate=spec.rate,
         duration_s=round(m.wall_seconds, 3),
-        requests=len(ok) + len(rejected) + failed,
+        requests=requests,
         ok=len(ok),
         rejected=len(rejected),
         errors=failed,
@@ -74,6 +85,10 @@ def summarize(m: Measurement) -> Summary:
         statuses={str(code): count for code, count in sorted(m.statuses.items())},
         transport_errors=dict(m.transport_errors),
         client_cpu=m.client_cpu_seconds / m.wall_seconds if m.wall_seconds > 0 else 0.0,
+        deadline_ms=spec.deadline_ms,
+        good=good,
+        goodput=good / m.wall_seconds if m.wall_seconds > 0 else 0.0,
+        good_share=good / requests if requests else 0.0,
     )
 
 
@@ -82,15 +97,26 @@ def _fmt(value: float, digits: int = 1) -> str:
 
 
 def table(summaries: Sequence[Summary]) -> str:
-    """A Markdown table, one row per run."""
+    """A Markdown table, one row per run; with a goodput deadline, a column of answers within it."""
+    deadlines = any(s.deadline_ms is not None for s in summaries)
     head = "| load | req/s | p50 ms | p95 ms | p99 ms | ok | rejected | errors | client CPU |"
-    rows = [head, "|---|---|---|---|---|---|---|---|---|"]
+    rule = "|---|---|---|---|---|---|---|---|---|"
+    rows = [head + " good (share) |", rule + "---|"] if deadlines else [head, rule]
     for s in summaries:
-        load = f"{s.connections} conn" if s.rate is None else f"{s.rate:g} req/s offered"
-        rows.append(
+        load = (
+            f"trace of {s.requests} req"
+            if s.mode == "trace"
+            else f"{s.connections} conn"
+            if s.rate is None
+            else f"{s.rate:g} req/s offered"
+        )
+        row = (
             f"| {load} | {_fmt(s.throughput)} | {_fmt(s.p50_ms, 2)} | {_fmt(s.p95_ms, 2)} | {_fmt(s.p99_ms, 2)} "
             f"| {s.ok} | {s.rejected} | {s.errors} | {s.client_cpu:.0%} |"
         )
+        if deadlines:
+            row += f" {s.good} ({s.good_share:.0%}) |" if s.deadline_ms is not None else " - |"
+        rows.append(row)
     return "\n".join(rows)
 
 
