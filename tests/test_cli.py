@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -79,3 +80,13 @@ def test_flags_are_derived_from_settings_and_env(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("BATCHERY_MAX_ITEMS", "12")
     assert Settings.load().max_items == 12
     assert Settings.load({"max_items": 3}).max_items == 3
+
+
+def test_sighup_reloads_the_models_of_a_running_server() -> None:
+    with batchery_process(f"{ROOT}/examples/quickstart.py:Shout") as process:
+        url = wait_for_line(process, r"ready on (http://\S+)").group(1)
+        process.send_signal(signal.SIGHUP)
+        wait_for_line(process, r"model 'shout' now serves version 1\.1")
+        response = httpx.post(f"{url}/v1/models/shout/predict", json={"input": "again"})
+        assert response.headers["x-model-version"] == "1.1"
+        assert response.json()["output"] == "AGAIN!"

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import orjson
 
+from batchery import loader
 from batchery._http_client import Connection
 from batchery.model import Model
 from batchery.testing import running_server
@@ -136,3 +139,38 @@ async def test_the_old_versions_memory_is_released_after_the_swap() -> None:
         released = with_heavy - rss_mb()
     workers = server.engine.handle("tagged").workers
     assert released > 0.8 * 300 * workers, f"only {released:.0f} MiB released"
+
+
+async def test_sighup_reloads_every_model_and_file_watch_picks_up_new_code(tmp_path: Path) -> None:
+    source = tmp_path / "hot.py"
+    source.write_text(HOT_MODEL.format(tag="v1"))
+    server_settings = {"watch": True}
+    served = loader.served(f"{source}:Hot")
+    async with running_server([served], **server_settings) as server, httpx.AsyncClient(base_url=server.url) as http:
+        assert (await http.post("/v1/models/hot/predict", json={"input": 1})).json()["output"] == "v1:1"
+        results = await server.reload()  # what SIGHUP runs
+        assert results == {"hot": "1.1"}
+        source.write_text(HOT_MODEL.format(tag="v2"))
+        os.utime(source, (time.time() + 5, time.time() + 5))  # a newer mtime even on coarse clocks
+        for _ in range(100):  # the watch looks once a second
+            response = await http.post("/v1/models/hot/predict", json={"input": 1})
+            if response.json()["output"] == "v2:1":
+                break
+            await asyncio.sleep(0.1)
+        assert response.json()["output"] == "v2:1"
+        assert response.headers["x-model-version"] == "1.2"
+        metrics = (await http.get("/metrics")).text
+    assert 'batchery_model_reloads_total{model="hot",result="ok"} 2.0' in metrics
+
+
+HOT_MODEL = """
+from batchery import Model
+
+
+class Hot(Model):
+    name = "hot"
+    example = 0
+
+    def predict(self, batch):
+        return ["{tag}:" + str(x) for x in batch]
+"""

@@ -31,6 +31,7 @@ class Settings:
     max_items: int = _setting(256, "most inputs in one request (413 above)")
     drain_seconds: float = _setting(30.0, "on shutdown, how long queued and running requests may take to finish")
     workers: int = _setting(0, "worker lanes per model (0: the model's own setting, else one per core)")
+    watch: bool = _setting(False, "reload a model when the file it was loaded from changes (checked every second)")
     dashboard: bool = _setting(True, "serve the live dashboard at GET /dashboard (its data needs the admin key)")
     trusted_proxies: str = _setting("", "proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For is believed")
     allow_clients: str = _setting("", "if set, only these client IPs or CIDRs are served (probes stay open)")

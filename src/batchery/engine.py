@@ -54,6 +54,7 @@ class Engine:
                 observer=observer,
                 reimport=served.reimport,
             )
+            handle.watch_files = list(served.files)
             if handle.name in self.handles:
                 raise ConfigError(f"two models are named '{handle.name}'; give one a different `name`")
             self.handles[handle.name] = handle

@@ -57,6 +57,8 @@ class Source:
     prototype: Any
     version: str
     reimport: Callable[[], Any] | None = None
+    #: The version the prototype's class declares (the served label may add a reload number).
+    declared: str = ""
 
 
 class ModelHandle:
@@ -122,8 +124,9 @@ class ModelHandle:
             max_batch_cost=setting("max_batch_cost", None),
         )
         self.lanes: list[Lane] = []
-        self.source = Source(model, self.version, reimport)
+        self.source = Source(model, self.version, reimport, str(getattr(model, "version", "") or ""))
         self.history: deque[Source] = deque(maxlen=HISTORY)
+        self.watch_files: list[str] = []
         self._reloading = asyncio.Lock()
 
     def _validate(self) -> None:
@@ -167,14 +170,23 @@ class ModelHandle:
             if prototype is None:
                 prototype = self.source.reimport() if self.source.reimport else self.source.prototype
             prototype = _streaming(prototype)
-            label = version or str(getattr(prototype, "version", "") or "") or self.version
-            if label == self.version:
-                label = f"{label}.{self.reloads + 1}"
+            declared = str(getattr(prototype, "version", "") or "")
+            if version:
+                label = version
+            elif declared and declared != self.source.declared:
+                label = declared  # the new code declares a new version
+            else:
+                label = f"{declared or self.version}.{self.reloads + 1}"  # same declared version: number it
             started = time.monotonic()
-            lanes = await self._build(loop, prototype, label)
+            try:
+                lanes = await self._build(loop, prototype, label)
+            except ModelLoadError as exc:
+                self.reload_failures += 1
+                log.error("reload of model '%s' failed; version %s keeps serving: %s", self.name, self.version, exc)
+                raise
             previous = self.source
             self.history.append(previous)
-            self.source = Source(prototype, label, previous.reimport)
+            self.source = Source(prototype, label, previous.reimport, declared)
             self.prototype = prototype
             self.lanes = lanes
             self.version = label

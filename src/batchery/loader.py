@@ -19,7 +19,9 @@ BUILTIN = {
 
 def served(target: str, spec: ModelSpec | None = None) -> Served:
     """The model `target` names, with its settings and a re-importer so a hot reload picks up new code."""
-    return Served(load_model(target), spec or ModelSpec(), lambda: load_model(target, fresh=True))
+    module_part = BUILTIN.get(target, target).rpartition(":")[0]
+    files = (str(Path(module_part).resolve()),) if module_part.endswith(".py") else ()
+    return Served(load_model(target), spec or ModelSpec(), lambda: load_model(target, fresh=True), files)
 
 
 def load_model(target: str, *, fresh: bool = False) -> Any:

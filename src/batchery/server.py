@@ -20,6 +20,7 @@ from batchery.config import Settings
 from batchery.engine import Engine
 from batchery.errors import ModelLoadError
 from batchery.metrics import Metrics
+from batchery.reloading import FileWatch, reload_all
 
 log = logging.getLogger("batchery.server")
 
@@ -69,6 +70,8 @@ class Server:
         self.url = ""
         self.load_error: BaseException | None = None
         self._uvicorn: uvicorn.Server | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._reloads: set[asyncio.Task[dict[str, str]]] = set()  # keeps SIGHUP reloads referenced until done
 
     async def serve(self, sock: socket.socket | None = None) -> int:
         """Serve until stopped; return the process exit code (1 when a model failed to load)."""
@@ -97,8 +100,23 @@ class Server:
             log.info("batchery listening on %s", self.url)
             loading: asyncio.Task[None] = self.app.state.loading
             loading.add_done_callback(self._on_loaded)
+            self._install_reload_signal()
         await serving
+        if self._watch is not None:
+            self._watch.cancel()
         return 1 if self.load_error is not None or not server.started else 0
+
+    def _install_reload_signal(self) -> None:
+        """SIGHUP reloads every model (main thread only: signal handlers cannot be set elsewhere)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._reloads.add(loop.create_task(self.reload())))
+
+    async def reload(self) -> dict[str, str]:
+        """Reload every model without dropping a request; a model that fails keeps its old version."""
+        log.info("reloading every model")
+        return await reload_all(self.engine)
 
     def _on_loaded(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
@@ -106,6 +124,8 @@ class Server:
         error = task.exception()
         if error is None:
             log.info("batchery is ready on %s", self.url)
+            if self.settings.watch:
+                self._watch = asyncio.get_running_loop().create_task(FileWatch(self.engine).run())
             return
         self.load_error = error
         message = error.message if isinstance(error, ModelLoadError) else repr(error)

@@ -82,6 +82,8 @@ class Served:
     model: Any
     spec: ModelSpec = dataclasses.field(default_factory=ModelSpec)
     reimport: Callable[[], Any] | None = None
+    #: Files whose change reloads the model when the server watches files (its source file, for one).
+    files: tuple[str, ...] = ()
 
 
 def from_env(name: str, env: Mapping[str, str] | None = None) -> ModelSpec:

@@ -7,7 +7,6 @@ version again. When API keys are on, /admin needs the admin key (the auth middle
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import orjson
@@ -17,10 +16,8 @@ from starlette.responses import Response
 
 from batchery.config import Settings
 from batchery.engine import Engine
-from batchery.errors import BadRequest, ModelLoadError
+from batchery.errors import BadRequest
 from batchery.protocols.responses import json_response
-
-log = logging.getLogger("batchery.admin")
 
 
 def routes(engine: Engine, settings: Settings) -> APIRouter:
@@ -36,12 +33,7 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
             from batchery.loader import load_model
 
             prototype = load_model(target)
-        try:
-            label = await handle.reload(prototype, version)
-        except ModelLoadError as exc:
-            handle.reload_failures += 1
-            log.error("reload of model '%s' failed, version %s keeps serving: %s", name, handle.version, exc.message)
-            raise
+        label = await handle.reload(prototype, version)  # on failure the old version keeps serving (handle.py)
         return _answer(name, label, handle.history)
 
     async def rollback(request: Request) -> Response:

@@ -1,0 +1,57 @@
+"""Reload triggers beside the admin route: SIGHUP reloads every model, an opt-in watch reloads on file change."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+
+from batchery.engine import Engine
+from batchery.errors import BatcheryError
+
+log = logging.getLogger("batchery.engine")
+
+
+async def reload_all(engine: Engine) -> dict[str, str]:
+    """Reload every model, one after the other; map each name to its new version, or to the error that kept the
+    old version serving."""
+    results: dict[str, str] = {}
+    for name, handle in engine.handles.items():
+        try:
+            results[name] = await handle.reload()
+        except BatcheryError as exc:
+            results[name] = f"failed: {exc.message}"
+    return results
+
+
+class FileWatch:
+    """Polls the files models were loaded from (once a second by default) and reloads a model when one changes."""
+
+    def __init__(self, engine: Engine, interval: float = 1.0) -> None:
+        self.engine = engine
+        self.interval = interval
+        self._seen = {name: self._stamps(name) for name in engine.handles}
+
+    def _stamps(self, name: str) -> dict[str, float]:
+        stamps = {}
+        for path in self.engine.handles[name].watch_files:
+            try:
+                stamps[path] = os.stat(path).st_mtime
+            except OSError:
+                stamps[path] = -1.0
+        return stamps
+
+    async def run(self) -> None:
+        """Until cancelled: reload each model whose files changed since the last look."""
+        while True:
+            await asyncio.sleep(self.interval)
+            for name in self.engine.handles:
+                stamps = self._stamps(name)
+                if stamps == self._seen[name]:
+                    continue
+                self._seen[name] = stamps
+                log.info("model '%s': its files changed, reloading", name)
+                # A failure is logged and counted by the handle; the old version keeps serving.
+                with contextlib.suppress(BatcheryError):
+                    await self.engine.handles[name].reload()
