@@ -2,7 +2,8 @@
 
 `POST /admin/models/{name}/reload` with an optional body `{"target": "file.py:Class", "version": "2"}` loads the
 new version beside the current one and swaps atomically; `POST /admin/models/{name}/rollback` serves the previous
-version again. When API keys are on, /admin needs the admin key (the auth middleware enforces it).
+version again. /admin needs the admin key (BATCHERY_ADMIN_API_KEY); with none configured the auth middleware
+refuses it, since a reload can load code from a file path.
 """
 
 from __future__ import annotations
