@@ -15,8 +15,9 @@ from typing import Any
 
 from batchery import cores
 from batchery.batching.scheduler import DEFAULT_CLIENT
-from batchery.errors import ConfigError, InvalidInput, ModelNotFound, NotReady
+from batchery.errors import ConfigError, ModelNotFound, NotReady
 from batchery.handle import ModelHandle, ModelInfo
+from batchery.model import decode_all
 
 __all__ = ["Engine", "ModelHandle", "ModelInfo"]
 from batchery.observer import Observer
@@ -104,14 +105,7 @@ class Engine:
 
     def decode(self, handle: ModelHandle, inputs: Sequence[Any]) -> list[Any]:
         """Validate and decode every input before any joins a batch, so a bad one fails only its request."""
-        decode = handle.decoder.decode_request
-        decoded = []
-        for index, raw in enumerate(inputs):
-            try:
-                decoded.append(decode(raw))
-            except (ValueError, TypeError, KeyError) as exc:
-                raise InvalidInput(f"input {index}: {exc}") from exc
-        return decoded
+        return decode_all(handle.decoder.decode_request, inputs)
 
     async def infer(
         self,

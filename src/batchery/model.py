@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
+
+from batchery.errors import InvalidInput
 
 
 class Model:
@@ -47,6 +50,17 @@ class Model:
     def encode_response(self, output: Any) -> Any:
         """Turn one output of `predict` into something JSON can carry (numpy arrays are fine)."""
         return output
+
+
+def decode_all(decode: Callable[[Any], Any], inputs: Iterable[Any]) -> list[Any]:
+    """Decode every input before any joins a batch, so a bad one fails only its own request (422, naming it)."""
+    decoded = []
+    for index, raw in enumerate(inputs):
+        try:
+            decoded.append(decode(raw))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise InvalidInput(f"input {index}: {exc}") from exc
+    return decoded
 
 
 def model_name(model: Any) -> str:
