@@ -219,6 +219,9 @@ class Batcher:
                 return
             items = self._take(now)
             if not items:
+                # Only cancelled or expired items were left: a drain may be waiting for exactly this (issue 11).
+                if self._drained is not None and self.in_flight == 0:
+                    self._drained.set()
                 continue
             all_idle = len(self._idle) == len(self._lanes)
             wide = self._elastic and all_idle and not queue and len(self._lanes) > 1
@@ -242,7 +245,12 @@ class Batcher:
         if oldest is None:
             return now
         if self.policy == "fixed":
-            return oldest.enqueued_at + self.max_delay
+            # A queued deadline pulls the flush forward: waiting out max_delay would answer it late (issue 11).
+            soonest = min((i.deadline for i in self._queue.items() if i.deadline is not None), default=None)
+            flush = oldest.enqueued_at + self.max_delay
+            if soonest is not None:
+                flush = min(flush, soonest - (self.costs.cost(cap) if self.costs.trained else 0.0))
+            return flush
         # adaptive: never wait when every lane is idle (a lone request goes at once), nor before the cost
         # model is trained, nor when the arrivals expected during one batch's fixed cost would not add up.
         if len(self._idle) == len(self._lanes) or not self.costs.trained:
