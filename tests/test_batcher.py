@@ -153,3 +153,23 @@ async def test_elastic_model_gets_every_core_only_when_alone() -> None:
     batcher.on_result(first, BatchResult(first.batches[0], ["x"], None, 0.0))  # type: ignore[arg-type, attr-defined]
     started = [b for i in range(2) for b in lane(batcher, i).batches[-1:]]
     assert all(b.cores == 1 for b in started if b.payloads != ["alone"])
+
+
+async def test_adaptive_policy_spreads_a_backlog_over_free_lanes() -> None:
+    batcher = make("adaptive", size=32, lanes=2)
+    first, second = batcher._lanes
+    submit(batcher, "busy-a")
+    submit(batcher, "busy-b")  # both lanes now hold one batch each
+    submit(batcher, *range(10))
+    batcher.on_result(first, BatchResult(first.batches[0], ["x"], None, 0.0))  # type: ignore[arg-type, attr-defined]
+    batcher.on_result(second, BatchResult(second.batches[0], ["x"], None, 0.0))  # type: ignore[arg-type, attr-defined]
+    # The first free lane took everything (the other was busy): spreading only happens among free lanes.
+    sizes = sorted(len(b.payloads) for lane in batcher._lanes for b in lane.batches[1:])  # type: ignore[attr-defined]
+    assert sizes == [10]
+    fresh = make("adaptive", size=32, lanes=2)
+    fresh._idle.clear()
+    submit(fresh, *range(10))
+    fresh._idle.extend(fresh._lanes)
+    fresh._dispatch()
+    sizes = sorted(len(b.payloads) for lane in fresh._lanes for b in lane.batches)  # type: ignore[attr-defined]
+    assert sizes == [5, 5]

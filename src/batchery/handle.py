@@ -214,6 +214,7 @@ class ModelHandle:
                 loop=loop,
                 on_result=self.batcher.on_result,
                 version=version,
+                model_name=self.name,
             )
             for index in range(self.workers)
         ]

@@ -59,6 +59,7 @@ class WrongCountModel(Model):
     """Returns one output too few: the mistake batchery must report clearly."""
 
     name = "wrongcount"
+    workers = 1
 
     def predict(self, batch: list[Any]) -> list[Any]:
         return list(batch)[1:]

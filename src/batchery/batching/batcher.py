@@ -217,15 +217,20 @@ class Batcher:
             if flush_at > now:
                 self._arm_timer(flush_at)
                 return
-            items = self._take(now)
+            queued, idle, lanes = len(queue), len(self._idle), len(self._lanes)
+            # A machine-wide grant pays only for a handful of inputs that cannot be spread over lanes anyway.
+            wide = self._elastic and idle == lanes > 1 and queued <= lanes
+            limit = queued
+            if self.policy == "adaptive" and not wide:
+                limit = -(-queued // idle)  # spread over the free lanes: halves on two lanes finish sooner
+            items = self._take(now, limit)
             if not items:
                 # Only cancelled or expired items were left: a drain may be waiting for exactly this (issue 11).
                 if self._drained is not None and self.in_flight == 0:
                     self._drained.set()
                 continue
-            all_idle = len(self._idle) == len(self._lanes)
-            wide = self._elastic and all_idle and not queue and len(self._lanes) > 1
-            cores = self._cores if wide or len(self._lanes) == 1 else max(1, self._cores // len(self._lanes))
+            wide = wide and not queue
+            cores = self._cores if wide or lanes == 1 else max(1, self._cores // lanes)
             if wide:
                 self._wide_running = True
             lane = self._idle.pop()
@@ -263,10 +268,10 @@ class Batcher:
             latest = min(latest, soonest_deadline - self.costs.cost(cap))
         return latest
 
-    def _take(self, now: float) -> list[Item]:
-        """Pop up to the cap of live items (and the cost cap); answer expired ones with 504, skip cancelled ones."""
+    def _take(self, now: float, limit: int) -> list[Item]:
+        """Pop up to `limit` live items within the caps; answer expired ones with 504, skip cancelled ones."""
         items: list[Item] = []
-        limit = self.cap.value
+        limit = min(limit, self.cap.value)
         budget = self.max_batch_cost
         cost = 0
         estimate = self.costs.cost(1) if self.costs.trained else 0.0

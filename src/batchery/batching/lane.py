@@ -34,9 +34,11 @@ class Lane:
         loop: asyncio.AbstractEventLoop,
         on_result: Callable[[Lane, BatchResult], None],
         version: str = "1",
+        model_name: str = "",
     ) -> None:
         self.model = model
         self.name = name
+        self.model_name = model_name or name
         #: The model version this lane computes; every result it hands back carries it.
         self.version = version
         self._loop = loop
@@ -95,7 +97,7 @@ class Lane:
         if not isinstance(outputs, list | tuple) or len(outputs) != len(payloads):
             got = len(outputs) if isinstance(outputs, list | tuple) else type(outputs).__name__
             raise PredictError(
-                f"model '{self.name}' returned {got} outputs for a batch of {len(payloads)} inputs. "
+                f"model '{self.model_name}' returned {got} outputs for a batch of {len(payloads)} inputs. "
                 "Hint: predict must return a list with one output per input, in order"
             )
         return list(outputs)
