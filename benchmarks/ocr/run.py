@@ -172,23 +172,24 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--images", type=int, default=12)
     parser.add_argument("--offline-rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per server; the best is kept")
     args = parser.parse_args()
     corpus = images(args.images)
     expected = reference(corpus)
     python = sys.executable
     runs: dict[str, Any] = {}
 
-    port = free_port()
-    peer = [python, "-m", "uvicorn", "benchmarks.ocr.peer_fastapi:app", "--port", str(port), "--log-level", "warning"]
-    with server(peer, port, "/docs") as url:
-        runs["fastapi_rapidocr"] = asyncio.run(load(url, "/ocr", corpus, args.requests, args.concurrency))
-    print(f"fastapi: {_brief(runs['fastapi_rapidocr'])}", file=sys.stderr)
-
-    port = free_port()
-    ours = [python, "-m", "batchery.cli", "serve", "ocr", "--port", str(port), "--log-level", "warning"]
-    with server(ours, port, "/ready") as url:
-        runs["batchery"] = asyncio.run(load(url, "/v1/models/ocr/predict", corpus, args.requests, args.concurrency))
-    print(f"batchery: {_brief(runs['batchery'])}", file=sys.stderr)
+    peer = [python, "-m", "uvicorn", "benchmarks.ocr.peer_fastapi:app", "--log-level", "warning", "--port"]
+    ours = [python, "-m", "batchery.cli", "serve", "ocr", "--log-level", "warning", "--port"]
+    servers = {"fastapi_rapidocr": (peer, "/docs", "/ocr"), "batchery": (ours, "/ready", "/v1/models/ocr/predict")}
+    for round_ in range(args.rounds):  # alternate, keep each server's best round: load from others is noise
+        for name, (command, ready, path) in servers.items():
+            port = free_port()
+            with server([*command, str(port)], port, ready) as url:
+                run = asyncio.run(load(url, path, corpus, args.requests, args.concurrency))
+            print(f"round {round_ + 1} {name}: {_brief(run)}", file=sys.stderr)
+            if name not in runs or run["images_per_s"] > runs[name]["images_per_s"]:
+                runs[name] = run
 
     runs["offline"] = offline(corpus, args.offline_rounds)
     for name in ("fastapi_rapidocr", "batchery"):
@@ -199,6 +200,7 @@ def main() -> None:
     summary = {
         "concurrency": args.concurrency,
         "requests": args.requests,
+        "rounds": args.rounds,
         "cores": len(os.sched_getaffinity(0)),
         "throughput_ratio_vs_fastapi": ours_ips / peer_ips,
         "share_of_offline": ours_ips / runs["offline"]["best"]["images_per_s"],
@@ -232,7 +234,8 @@ def markdown(summary: dict[str, Any]) -> str:
     )
     rows.append("")
     rows.append(
-        f"Concurrency {summary['concurrency']}, {summary['requests']} requests, {summary['cores']} cores: "
+        f"Concurrency {summary['concurrency']}, {summary['requests']} requests (best of {summary['rounds']} "
+        f"alternating rounds), {summary['cores']} cores: "
         f"{summary['throughput_ratio_vs_fastapi']:.2f}x the FastAPI server's throughput, "
         f"{100 * summary['share_of_offline']:.0f}% of the offline limit."
     )

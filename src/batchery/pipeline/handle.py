@@ -6,9 +6,10 @@ import asyncio
 from collections.abc import Awaitable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from batchery.errors import ConfigError, InvalidInput, NotReady
-from batchery.model import model_name
+from batchery.errors import BatcheryError, ConfigError, InvalidInput, NotReady, PredictError
+from batchery.model import decode_all, model_name
 from batchery.pipeline.base import Pipeline
+from batchery.spec import Served
 
 if TYPE_CHECKING:
     from batchery.engine import Engine, ModelInfo
@@ -30,17 +31,15 @@ class PipelineHandle:
         """Validate every input first (a bad one fails only its request), then run the pipeline."""
         if not engine.accepting:
             raise NotReady("the server is not accepting requests (starting up or shutting down)", retry_after=1.0)
-        decode = self.pipeline.decode_request
-        payloads = []
-        for index, raw in enumerate(inputs):
-            try:
-                payloads.append(decode(raw))
-            except (ValueError, TypeError, KeyError) as exc:
-                raise InvalidInput(f"input {index}: {exc}") from exc
+        payloads = decode_all(self.pipeline.decode_request, inputs)
         self.in_flight += 1
         self._idle.clear()
         try:
             outputs = await self.pipeline.run(engine, payloads, deadline)
+        except BatcheryError:
+            raise
+        except Exception as exc:  # a bug in the pipeline's own code: a JSON 500 that names it, never a bare one
+            raise PredictError(f"pipeline '{self.name}' failed: {exc!r}") from exc
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:
@@ -83,15 +82,18 @@ def split_pipelines(entries: Sequence[Any]) -> tuple[list[Any], dict[str, Pipeli
     models: list[Any] = []
     pipelines: dict[str, PipelineHandle] = {}
     for entry in entries:
-        if not isinstance(entry, Pipeline):
+        pipeline = entry.model if isinstance(entry, Served) else entry
+        if not isinstance(pipeline, Pipeline):
             models.append(entry)
             continue
-        handle = PipelineHandle(entry)
+        handle = PipelineHandle(pipeline)
+        if isinstance(entry, Served) and entry.spec.name:  # a config file may rename it
+            handle.name = entry.spec.name
         if handle.name in pipelines:
             raise ConfigError(f"two pipelines are named '{handle.name}'; give one a different `name`")
         pipelines[handle.name] = handle
-        models.extend(entry.stages())
-    names = {model_name(model) for model in models}
+        models.extend(pipeline.stages())
+    names = {model_name(model.model if isinstance(model, Served) else model) for model in models}
     clash = names & set(pipelines)
     if clash:
         raise ConfigError(f"a pipeline and a model are both named {sorted(clash)}; rename one")

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from batchery.errors import ConfigError
+from batchery.errors import ConfigError, InvalidInput
 from batchery.model import model_name
 from batchery.pipeline.base import Pipeline, stage
 from batchery.pipeline.remote import RemoteClient
@@ -80,7 +80,10 @@ class Sequential(Pipeline):
             if isinstance(step, AsyncStep):
                 values = await _each(step.fn(value, self.remote) for value in values)
             elif isinstance(step, CpuStep):
-                values = await _each(step.pool.run(step.fn, value) for value in values)
+                try:
+                    values = await _each(step.pool.run(step.fn, value) for value in values)
+                except (ValueError, TypeError) as exc:  # the step's verdict on a bad input, as decode_request's
+                    raise InvalidInput(f"{getattr(step.fn, '__name__', 'a CPU step')} refused an input: {exc}") from exc
             else:
                 values = await stage(engine, model_name(step), values, deadline)
         return values

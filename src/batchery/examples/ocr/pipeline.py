@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from batchery import images
-from batchery.examples.ocr.stages import AngleClassifier, Detected, Oriented, TextDetector, TextRecognizer
+from batchery.examples.ocr.stages import (
+    AngleClassifier,
+    Detected,
+    Line,
+    Oriented,
+    TextDetector,
+    TextRecognizer,
+    padding_ratios,
+)
 from batchery.pipeline import Pipeline, fan_out
 from batchery.pipeline.base import stage
 from batchery.workers.cpu_pool import CpuPool
@@ -45,7 +53,8 @@ class OcrPipeline(Pipeline):
         if self.classifier is not None:
             oriented: list[list[Oriented]] = await fan_out(engine, self.classifier.name, crops, deadline)
             crops = [[item.crop for item in group] for group in oriented]
-        read = await fan_out(engine, self.recognizer.name, crops, deadline)
+        lines = [[Line(c, r) for c, r in zip(group, padding_ratios(group), strict=True)] for group in crops]
+        read = await fan_out(engine, self.recognizer.name, lines, deadline)
         return [self._lines(found, texts) for found, texts in zip(detected, read, strict=True)]
 
     async def _decode(self, data: bytes) -> Any:
