@@ -55,6 +55,7 @@ class RedisLink:
                 result = await command(self.client)
         except (TimeoutError, OSError, _redis_errors()) as exc:
             self._failed(exc)
+            await self._drop_connections()
             raise RedisUnavailable(f"redis at {self.where}: {exc!r}") from exc
         if self.down:
             self.down = False
@@ -70,6 +71,15 @@ class RedisLink:
                 "%.0f s. Check that Redis is up and reachable, or raise redis_timeout_ms if it is only slow",
                 self.where, exc, self.retry_after,
             )  # fmt: skip
+
+    async def _drop_connections(self) -> None:
+        # Pooled connections opened before an outage are dead after it: without this, the first calls after
+        # Redis returns would fail on them one by one, marking it down again (and logging it again).
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self.client.connection_pool.disconnect()
+        except Exception as exc:
+            log.debug("dropping redis connections: %r", exc)
 
     async def close(self) -> None:
         try:
