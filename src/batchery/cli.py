@@ -39,6 +39,9 @@ def _truthy(raw: str) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from batchery.runtimes.onnx_impl import opt_out_of_telemetry
+
+    opt_out_of_telemetry()  # before a model file imports onnxruntime
     try:
         if args.command == "serve":
             return _serve(args)

@@ -35,6 +35,13 @@ class Settings:
     dashboard: bool = _setting(True, "serve the live dashboard at GET /dashboard (its data needs the admin key)")
     trusted_proxies: str = _setting("", "proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For is believed")
     allow_clients: str = _setting("", "if set, only these client IPs or CIDRs are served (probes stay open)")
+    # Hostile clients (docs/reliability.md): bounds on what one connection may cost.
+    max_header_bytes: int = _setting(64 * 1024, "largest request line plus headers (431 above)")
+    header_timeout_seconds: float = _setting(10.0, "a request head must arrive within this of its first byte (408)")
+    body_timeout_seconds: float = _setting(60.0, "a request body must arrive within this of its head (408)")
+    keep_alive_seconds: int = _setting(5, "an idle keep-alive connection is closed after this")
+    max_connections: int = _setting(10_000, "connections (or requests) above this get 503 at once (0: no limit)")
+    cors_origins: str = _setting("", "comma-separated origins allowed by CORS, or * (empty: CORS off)")
     # Production hardening (docs/production.md): every one of these is off or safe by default.
     api_keys: str = _secret("", "comma-separated API keys; with none here or in api_keys_file, auth is off")
     api_keys_file: str = _setting("", "file with one API key per line (# comments allowed)")
@@ -63,6 +70,11 @@ class Settings:
                 raise ConfigError(f"{name} must be >= 1")
         if self.drain_seconds < 0 or self.workers < 0:
             raise ConfigError("drain_seconds and workers must be >= 0")
+        for name in ("max_header_bytes", "header_timeout_seconds", "body_timeout_seconds", "keep_alive_seconds"):
+            if not getattr(self, name) > 0:  # `not >` also refuses NaN
+                raise ConfigError(f"{name} must be > 0")
+        if self.max_connections < 0:
+            raise ConfigError("max_connections must be >= 0 (0: no limit)")
         self._validate_production()
 
     def _validate_production(self) -> None:

@@ -80,11 +80,15 @@ class Server:
         config = uvicorn.Config(
             FastDispatch(self.app),
             loop="auto",
-            http="auto",
+            http=_http_protocol(self.settings),
             log_level=self.settings.log_level,
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=max(1, round(self.settings.drain_seconds)),
+            # Hostile clients (http_limits.py, docs/reliability.md): every connection's cost is bounded.
+            timeout_keep_alive=self.settings.keep_alive_seconds,
+            limit_concurrency=self.settings.max_connections or None,
+            h11_max_incomplete_event_size=self.settings.max_header_bytes,
             # uvicorn would trust X-Forwarded-For from 127.0.0.1 by default; app/proxy.py decides whom to trust.
             proxy_headers=False,
         )
@@ -146,6 +150,19 @@ class Server:
         self.engine.accepting = False
 
 
+def _http_protocol(settings: Settings) -> Any:
+    """httptools with head size and read timeouts (http_limits.py); h11 (size-limited by uvicorn) without it."""
+    try:
+        from batchery.http_limits import LimitedHttpTools
+    except ImportError:
+        return "h11"
+    return LimitedHttpTools.configured(
+        max_header_bytes=settings.max_header_bytes,
+        header_timeout=settings.header_timeout_seconds,
+        body_timeout=settings.body_timeout_seconds,
+    )
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket (port 0 picks a free one)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -160,6 +177,9 @@ def bind(host: str, port: int) -> socket.socket:
 def serve(*models: Any, host: str | None = None, port: int | None = None, **settings: Any) -> None:
     """Serve `models` over HTTP until interrupted; exits the process with 1 if a model fails to load."""
     resolved = Settings.load({"host": host, "port": port, **settings})
+    from batchery.runtimes.onnx_impl import opt_out_of_telemetry
+
+    opt_out_of_telemetry()  # a server writes nothing outside its cache directory (docs/reliability.md)
     logging.basicConfig(level=resolved.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not models:
         from batchery.models.embedding import SentenceEmbedder

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from batchery.protocols.responses import error_response
 #: Longer credentials are refused unread: no configured key is that long.
 MAX_KEY_BYTES = 1024
 __all__ = ["CLIENT", "ApiKeys", "Auth", "Forbidden", "Unauthorized"]
+log = logging.getLogger("batchery.auth")
 
 
 class Unauthorized(BatcheryError):
@@ -48,6 +51,7 @@ class ApiKeys:
             digest = hashlib.sha256(key.encode()).digest()
             self._entries.append((digest, role, "key-" + digest.hex()[:12]))
         self.users = any(role == "user" for _, role, _ in self._entries)
+        self.count = len(self._entries)
         self.admin = bool(admin_key)
 
     @classmethod
@@ -75,17 +79,27 @@ class Auth:
     """Refuse requests without a valid key, except on `open_paths`; /admin routes need the admin key."""
 
     def __init__(
-        self, app: ASGIApp, *, keys: ApiKeys, open_paths: Iterable[str], metrics: Metrics | None = None
+        self,
+        app: ASGIApp,
+        *,
+        keys: ApiKeys,
+        open_paths: Iterable[str],
+        metrics: Metrics | None = None,
+        settings: Settings | None = None,
     ) -> None:
+        """With `settings` naming an api_keys_file, keys are re-read when that file changes (rotation)."""
         self.app = app
         self.keys = keys
         self.open_paths = frozenset(open_paths)
         self.metrics = metrics
+        self._rotation = _Rotation(settings) if settings is not None and settings.api_keys_file else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
+        if self._rotation is not None:
+            self.keys = self._rotation.current(self.keys)
         path: str = scope["path"]
         admin = path == "/admin" or path.startswith("/admin/")
         if not admin and (path in self.open_paths or not self.keys.users):
@@ -132,3 +146,44 @@ def _presented(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
             raise Unauthorized(f"the API key is empty or longer than {MAX_KEY_BYTES} bytes")
         return key
     raise Unauthorized("this server needs an API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
+
+
+class _Rotation:
+    """Re-reads the keys file when its mtime or size changes (checked at most once a second), without a restart.
+
+    Keys present in both the old and the new file stay valid throughout, so clients can move over gradually.
+    A file that cannot be read, or that lists no key while keys were on, keeps the previous keys (and says so).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.path = Path(settings.api_keys_file)
+        self._seen = self._stamp()
+        self._next_check = 0.0
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
+
+    def current(self, keys: ApiKeys) -> ApiKeys:
+        now = time.monotonic()
+        if now < self._next_check:
+            return keys
+        self._next_check = now + 1.0
+        stamp = self._stamp()
+        if stamp is None or stamp == self._seen:
+            return keys
+        self._seen = stamp
+        try:
+            fresh = ApiKeys.from_settings(self.settings)
+        except ConfigError as exc:
+            log.error("API keys not rotated, the previous keys stay valid: %s", exc.message)
+            return keys
+        if keys.users and not fresh.users:
+            log.error("API keys not rotated: %s lists no key now, the previous keys stay valid", self.path)
+            return keys
+        log.info("API keys re-read from %s: %d key(s)", self.path, fresh.count)
+        return fresh

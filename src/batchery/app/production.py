@@ -59,11 +59,24 @@ def install(app: FastAPI, engine: Engine, settings: Settings, metrics: Metrics |
     # /dashboard is a static page; its data route checks the admin key itself (app/dashboard.py).
     open_paths = PROBES | {"/dashboard"} | ({"/metrics"} if settings.metrics == "open" else set())
     # Always installed, even with no keys: it refuses /admin routes unless an admin key is configured.
-    app.add_middleware(Auth, keys=ApiKeys.from_settings(settings), open_paths=open_paths, metrics=metrics)
+    app.add_middleware(
+        Auth, keys=ApiKeys.from_settings(settings), open_paths=open_paths, metrics=metrics, settings=settings
+    )
     if metrics is not None or settings.access_log != "off":
         app.add_middleware(Telemetry, metrics=metrics, log=settings.access_log, models=engine.handles)
+    if settings.cors_origins:  # off unless configured: browsers on other origins may not call this server
+        _add_cors(app, settings.cors_origins)
     _add_admin_routes(app, responses)
     return Production(metrics, responses, redis)
+
+
+def _add_cors(app: FastAPI, origins: str) -> None:
+    from starlette.middleware.cors import CORSMiddleware
+
+    allowed = [origin.strip() for origin in origins.split(",") if origin.strip()]
+    headers = ["Authorization", "X-API-Key", "Content-Type", "X-Request-ID", "X-Request-Timeout-Ms", "X-Priority"]
+    # Outside Auth: a browser's preflight carries no key. Credentials (cookies) are never used by batchery.
+    app.add_middleware(CORSMiddleware, allow_origins=allowed, allow_methods=["GET", "POST"], allow_headers=headers)
 
 
 def _limiter(settings: Settings, redis: RedisLink | None) -> Limiter:

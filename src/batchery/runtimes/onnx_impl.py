@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from batchery.errors import ModelLoadError
+
+
+def opt_out_of_telemetry() -> None:
+    """Before onnxruntime is imported: its telemetry would write a database under $HOME/.cache (issue 11)."""
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 
 def load(path: Path | str, *, threads: int, device: str = "cpu") -> Any:
@@ -15,6 +21,7 @@ def load(path: Path | str, *, threads: int, device: str = "cpu") -> Any:
     default): waking them through the OS for each of a transformer's ~100 operators costs about 0.5 ms a
     batch-1 call here, and they go back to sleep soon after the call.
     """
+    opt_out_of_telemetry()
     try:
         import onnxruntime as ort
     except ImportError as exc:

@@ -1,0 +1,111 @@
+"""Bounds on what one HTTP connection may cost, for uvicorn's httptools protocol (which has none of its own).
+
+- A request head (line and headers) larger than `max_header_bytes` gets 431 and the connection is closed.
+- A head not complete within `header_timeout` of its first byte, or of the connection opening (a client that
+  connects and says nothing, or trickles a header a byte at a time: slowloris), gets 408 and is closed.
+- A body not complete within `body_timeout` of its head (slow, or shorter than its Content-Length) gets 408.
+Every refusal, and uvicorn's 400 for bytes that are not HTTP, is a small JSON error body, like the app's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+
+def _refusal(status: int, reason: bytes, code: str, message: str) -> bytes:
+    body = orjson.dumps({"error": {"code": code, "message": message}})
+    head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+    return head % (status, reason, len(body)) + body
+
+
+class LimitedHttpTools(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a head size limit and head/body read timeouts (see the module doc)."""
+
+    max_header_bytes = 64 * 1024
+    header_timeout = 10.0
+    body_timeout = 60.0
+
+    def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any], _loop: Any = None) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._reading_head = True
+        self._head_bytes = 0
+        self._read_timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def configured(cls, *, max_header_bytes: int, header_timeout: float, body_timeout: float) -> type[LimitedHttpTools]:
+        """A subclass carrying these limits (uvicorn builds one protocol instance per connection from a class)."""
+        limits = {"max_header_bytes": max_header_bytes, "header_timeout": header_timeout, "body_timeout": body_timeout}
+        return type("LimitedHttpTools", (cls,), limits)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(self.header_timeout)  # a connection that never sends a byte must not stay open forever
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._reading_head and not self.transport.is_closing():
+            self._head_bytes += len(data)
+            if self._head_bytes > self.max_header_bytes:
+                self._refuse(
+                    431,
+                    b"Request Header Fields Too Large",
+                    "headers_too_large",
+                    f"the request line and headers are over the limit of {self.max_header_bytes} bytes",
+                )
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._reading_head = True
+        self._head_bytes = 0
+        self._arm(self.header_timeout)
+
+    def on_headers_complete(self) -> None:
+        self._reading_head = False
+        self._arm(self.body_timeout)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's own answer to bytes that are not HTTP is text/plain; every batchery error is JSON.
+        self._refuse(400, b"Bad Request", "bad_request", f"{msg} Send HTTP/1.1 with a valid request line and headers")
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._read_timer = self.loop.call_later(seconds, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+    def _timed_out(self) -> None:
+        self._read_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and self.cycle.response_started:
+            self.transport.close()  # too late for a status: just end it
+            return
+        what = "headers" if self._reading_head else "body"
+        limit = self.header_timeout if self._reading_head else self.body_timeout
+        message = f"the request {what} did not arrive within {limit:g} s; send it at once, or not at all"
+        self._refuse(408, b"Request Timeout", "request_timeout", message)
+
+    def _refuse(self, status: int, reason: bytes, code: str, message: str) -> None:
+        self._disarm()
+        if self.cycle is not None:
+            self.cycle.disconnected = True  # the app, if running, reads a disconnect and its writes are dropped
+        self.transport.write(_refusal(status, reason, code, message))
+        self.transport.close()
