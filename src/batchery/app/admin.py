@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from batchery.config import Settings
 from batchery.engine import Engine
-from batchery.errors import BadRequest
+from batchery.errors import BadRequest, ConfigError, InvalidInput
 from batchery.protocols.responses import json_response
 
 
@@ -33,7 +33,10 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
         if target is not None:
             from batchery.loader import load_model
 
-            prototype = load_model(target)
+            try:
+                prototype = load_model(target)
+            except ConfigError as exc:  # the caller's target is wrong, not the server (found by fuzzing)
+                raise InvalidInput(f'"target": {exc.message}') from exc
         label = await handle.reload(prototype, version)  # on failure the old version keeps serving (handle.py)
         return _answer(name, label, handle.history)
 

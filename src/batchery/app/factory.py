@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from batchery._version import __version__
-from batchery.app import admin, dashboard, failures, proxy
+from batchery.app import admin, dashboard, failures, openapi, proxy
 from batchery.app.limits import BodyLimit
 from batchery.app.production import install
 from batchery.config import Settings
@@ -81,6 +81,7 @@ def create_app(
         app.include_router(protocol.routes(engine, settings))
     app.include_router(admin.routes(engine, settings))
     app.include_router(dashboard.routes(engine, settings))
+    openapi.describe(app)  # real shapes for the routes that render bytes by hand (/docs, schemathesis)
     return app
 
 
