@@ -34,6 +34,7 @@ def make(policy: str = "fixed", *, size: int = 4, delay: float = 1000.0, lanes: 
         max_queue=kw.get("max_queue", 100),
         cores=kw.get("cores", 2),
         elastic=kw.get("elastic", False),
+        max_batch_cost=kw.get("max_batch_cost"),
     )
     batcher.attach([FakeLane() for _ in range(lanes)])  # type: ignore[misc]
     return batcher
@@ -173,3 +174,36 @@ async def test_adaptive_policy_spreads_a_backlog_over_free_lanes() -> None:
     fresh._dispatch()
     sizes = sorted(len(b.payloads) for lane in fresh._lanes for b in lane.batches)  # type: ignore[attr-defined]
     assert sizes == [5, 5]
+
+
+async def test_a_cost_cap_bounds_batches_and_a_huge_input_runs_alone() -> None:
+    batcher = make("adaptive", size=32, max_batch_cost=10)
+    batcher.cost_of = len
+    submit(batcher, "busy")
+    submit(batcher, "aaaa", "bbbb", "cccc", "x" * 25, "dd")
+    for _ in range(4):  # each finished batch lets the next one form
+        finish(batcher)
+    formed = [b.payloads for b in lane(batcher).batches[1:]]
+    assert formed == [["aaaa", "bbbb"], ["cccc"], ["x" * 25], ["dd"]]
+
+
+async def test_the_engine_takes_the_cost_from_the_models_input_cost() -> None:
+    from batchery.engine import Engine
+    from batchery.testing import EchoModel
+
+    class Costed(EchoModel):
+        name = "costed"
+        max_batch_cost = 8
+
+        def input_cost(self, payload: Any) -> int:
+            return len(str(payload))
+
+    engine = Engine([Costed()], cores_available=1)
+    await engine.start()
+    try:
+        assert await engine.infer("costed", ["abcd", "efgh", "ijkl"]) == ["abcd", "efgh", "ijkl"]
+        assert engine.handle("costed").batcher.cost_of is not None
+        sizes = engine.handle("costed").lanes[0].model.batch_sizes
+        assert max(sizes[2:]) <= 2  # after the warm-up batches: never more than 8 characters in a batch
+    finally:
+        await engine.stop()

@@ -154,6 +154,7 @@ class ModelHandle:
         except ModelLoadError:
             self.status = "failed"
             raise
+        self.batcher.cost_of = getattr(self.decoder, "input_cost", None)
         self.batcher.attach(self.lanes)
         self.load_seconds = time.monotonic() - started
         self.status = "ready"
@@ -191,6 +192,7 @@ class ModelHandle:
             self.lanes = lanes
             self.version = label
             self.reloads += 1
+            self.batcher.cost_of = getattr(lanes[0].model, "input_cost", None)
             self.batcher.attach(lanes)  # the swap: from here every new batch runs on the new version
             log.info("model '%s' now serves version %s (loaded in %.2fs)", self.name, label, time.monotonic() - started)
             return label
@@ -237,6 +239,10 @@ class ModelHandle:
         return lanes
 
     def _set_up(self, lane: Lane, device: str) -> Callable[[], list[int]]:
+        """The lane's start-up job: `setup`, then warm-up batches of 1 and the cap (at each core grant).
+
+        Returns the batch sizes that ran out of memory during warm-up, and logs how long each part took.
+        """
         sizes = sorted({1, self.max_batch_size})
         share = self.threads_per_worker if device == "cpu" else 1
         grants = sorted({share, self.total_cores}) if self.elastic else [share]
@@ -244,30 +250,34 @@ class ModelHandle:
         def run() -> list[int]:
             model = lane.model
             setup = getattr(model, "setup", None)
+            started = time.perf_counter()
             if setup is not None:
                 with cores.granted(share):  # during setup, granted_cores() is this lane's share
                     setup(device)
+            loaded = time.perf_counter()
             example = getattr(model, "example", None)
             failed: list[int] = []
             if example is None:
+                log.info("model '%s' %s: setup %.2fs, no warm-up (no example)", self.name, lane.name, loaded - started)
                 return failed
             decoded = model.decode_request(example)
             for grant in grants:
                 for size in sizes:
-                    started = time.perf_counter()
                     with cores.granted(grant):
                         outputs = predict_splitting(model.predict, [decoded] * size, failed)
                     if len(outputs) != size:
                         raise ModelLoadError(f"warm-up: predict returned {len(outputs)} outputs for {size} inputs")
                     for output in outputs:
                         model.encode_response(output)
-                    log.debug(
-                        "model '%s' warm-up: batch %d on %d core(s) in %.3fs",
-                        self.name,
-                        size,
-                        grant,
-                        time.perf_counter() - started,
-                    )
+            log.info(
+                "model '%s' %s on %s: setup %.2fs, warm-up %.2fs (batches of %s)",
+                self.name,
+                lane.name,
+                device,
+                loaded - started,
+                time.perf_counter() - loaded,
+                " and ".join(map(str, sizes)),
+            )
             return failed
 
         return run

@@ -33,6 +33,9 @@ class Model:
     #: True when `predict` can use more threads: a batch that has the machine to itself is granted every
     #: core; read the grant with `batchery.granted_cores()` (during `setup`, it is the worker's share).
     elastic: bool = False
+    #: With `input_cost(payload)` defined, the most cost (tokens, pixels...) one batch may hold; a single input
+    #: above it runs alone. None: batches are capped by `max_batch_size` only.
+    max_batch_cost: int | None = None
     #: Input used to warm each worker up with a real batch before the server reports ready. None: no warm-up.
     example: Any = None
 

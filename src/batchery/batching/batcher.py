@@ -22,7 +22,7 @@ from batchery.batching.oom import BatchCap, ItemError
 from batchery.batching.policy import ArrivalRate, CostModel, worth_waiting
 from batchery.batching.records import Batch, BatchResult, Item
 from batchery.batching.scheduler import DEFAULT_CLIENT, Scheduler
-from batchery.errors import DeadlineExceeded, Overloaded, PredictError
+from batchery.errors import BatcheryError, DeadlineExceeded, Overloaded, PredictError
 from batchery.observer import NullObserver, Observer
 
 POLICIES = ("adaptive", "fixed")
@@ -57,6 +57,7 @@ class Batcher:
         observer: Observer | None = None,
         max_batch_cost: int | None = None,
         client_weight: Callable[[str], int] | None = None,
+        cost_of: Callable[[Any], int] | None = None,
     ) -> None:
         self.name = name
         self.max_batch_size = max_batch_size
@@ -64,6 +65,8 @@ class Batcher:
         self.policy = policy
         self.max_queue = max_queue
         self.max_batch_cost = max_batch_cost
+        #: The model's `input_cost(payload)` (tokens, pixels...), counted against `max_batch_cost`; None: 1 each.
+        self.cost_of = cost_of
         self.stats = BatcherStats()
         self.observer: Observer = observer or NullObserver()
         self.cap = BatchCap(max_batch_size)
@@ -105,9 +108,8 @@ class Batcher:
         """Items queued or being computed."""
         return len(self._queue) + self._running
 
-    def new_item(
-        self, payload: Any, loop: asyncio.AbstractEventLoop, deadline: float | None = None, cost: int = 1
-    ) -> Item:
+    def new_item(self, payload: Any, loop: asyncio.AbstractEventLoop, deadline: float | None = None) -> Item:
+        cost = max(1, int(self.cost_of(payload))) if self.cost_of is not None else 1
         return Item(payload, loop.create_future(), time.monotonic(), deadline, cost)
 
     def submit(self, items: Sequence[Item], *, client: str = DEFAULT_CLIENT, priority: int = 0) -> None:
@@ -174,7 +176,8 @@ class Batcher:
         items = result.batch.items
         if result.error is not None:
             error = result.error
-            if not isinstance(error, PredictError):
+            # A deliberate BatcheryError (e.g. a crashed process worker's 503) keeps its status (issue 11).
+            if not isinstance(error, BatcheryError):
                 wrapped = PredictError(f"model '{self.name}' failed on a batch of {len(items)}: {error!r}")
                 wrapped.__cause__ = error
                 error = wrapped
