@@ -4,12 +4,16 @@ and lost (sent but never answered); lost must be zero, and failed too where the 
 - Redis stopped and restarted under load, with the response cache and the rate limiter on it: zero failures
   (both fall back to local behaviour and log once), and both use Redis again once it is back.
 - A model that hangs: its requests get 504 at their deadline; other models and the probes keep answering.
+- A process worker SIGKILLed mid-batch: its batch gets 503 (or is retried once when idempotent), the worker is
+  restarted and counted; a model that keeps crashing is marked not ready instead of restarting forever.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -22,6 +26,7 @@ import pytest
 from batchery._http_client import Connection
 from batchery.model import Model
 from batchery.testing import EchoModel, running_server
+from batchery.workers.process import ProcessModel
 from redis_fixture import RedisServer
 
 PATIENCE = 30.0
@@ -170,3 +175,81 @@ async def test_a_hanging_model_answers_504_at_the_deadline_and_the_server_stays_
     assert healthy.failed == 0
     assert stuck.lost == 0
     assert healthy.lost == 0
+
+
+class SlowEcho(Model):
+    """Echoes after 100 ms a batch, in a worker process; "crash" makes the process exit as a segfault would."""
+
+    name = "proc"
+    workers = 2
+    max_batch_size = 4
+    example = "warm-up"
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        if "crash" in batch:
+            os._exit(139)
+        time.sleep(0.1)
+        return list(batch)
+
+
+async def _kill_mid_batch(server: Any, idempotent: bool) -> tuple[Tally, str]:
+    handle = server.engine.handle("proc")
+    tally, stop = Tally(), asyncio.Event()
+    running = asyncio.create_task(load(server.url, "/v1/models/proc/predict", stop, tally, clients=6))
+    try:
+        await _until(lambda: tally.answered >= 20, "load established")
+        victim = handle.lanes[0].model
+        pid = victim.pid
+        os.kill(pid, signal.SIGKILL)  # six clients, two workers: it is computing a batch now
+        await _until(lambda: victim.restarts == 1 and victim.pid != pid, "the worker restarted")
+        answered = tally.answered
+        await _until(lambda: tally.answered >= answered + 40, "served after the restart")
+        conn = await Connection.open(server.url)
+        metrics = (await conn.request("GET", "/metrics")).body.decode()
+        ready = (await conn.request("GET", "/ready")).status
+        await conn.close()
+    finally:
+        stop.set()
+        await running
+    assert ready == 200
+    return tally, metrics
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("idempotent", [False, True], ids=["503", "retried"])
+async def test_a_process_worker_killed_mid_batch_is_restarted_and_counted(idempotent: bool) -> None:
+    model = ProcessModel(SlowEcho(), idempotent=idempotent)
+    async with running_server([model, EchoModel()]) as server:
+        tally, metrics = await _kill_mid_batch(server, idempotent)
+    print(tally.line(f"process worker SIGKILL ({'idempotent, retried' if idempotent else '503'})"))
+    assert 'batchery_worker_restarts_total{model="proc"} 1.0' in metrics
+    assert tally.lost == 0
+    if idempotent:
+        assert tally.failed == 0, tally.statuses
+    else:
+        assert set(tally.statuses) <= {200, 503}, tally.statuses
+        assert 1 <= tally.statuses[503] <= 4 * 2  # the killed batch (and at most one more per worker)
+
+
+@pytest.mark.slow
+async def test_a_model_that_keeps_crashing_is_marked_not_ready_instead_of_looping() -> None:
+    model = ProcessModel(SlowEcho(), max_restarts=2, window=600)
+    async with running_server([model, EchoModel()]) as server:
+        conn = await Connection.open(server.url)
+        try:
+            statuses = []
+            for _ in range(12):
+                answer = await asyncio.wait_for(
+                    conn.request("POST", "/v1/models/proc/predict", b'{"input": "crash"}'), PATIENCE
+                )
+                statuses.append(answer.status)
+                assert orjson.loads(answer.body)["error"]["code"] == "worker_crashed"
+            ready = await conn.request("GET", "/ready")
+            echo = await conn.request("POST", "/v1/models/echo/predict", b'{"input": 1}')
+        finally:
+            await conn.close()
+    assert set(statuses) == {503}
+    handle_restarts = sum(lane.model.restarts for lane in server.engine.handle("proc").lanes)
+    assert handle_restarts <= 2 * 2  # at most max_restarts per worker, then it stops looping
+    assert ready.status == 503
+    assert echo.status == 200  # the other model keeps serving

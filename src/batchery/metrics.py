@@ -41,6 +41,7 @@ NAMES = (
     "batchery_model_reloads_total",
     "batchery_oom_events_total",
     "batchery_batch_cap",
+    "batchery_worker_restarts_total",
 )
 
 
@@ -171,8 +172,14 @@ class _Collector:
         cap = GaugeMetricFamily(
             "batchery_batch_cap", "Effective batch size cap (lowered by out-of-memory)", labels=("model",)
         )
+        restarts = CounterMetricFamily(
+            "batchery_worker_restarts", "Worker processes restarted after they died", labels=("model",)
+        )
         if m.engine is not None:
+            from batchery.workers.process import restarts as worker_restarts
+
             for handle in m.engine.handles.values():
+                restarts.add_metric((handle.name,), worker_restarts(handle))
                 depth.add_metric((handle.name,), handle.batcher.queued)
                 if handle.load_seconds is not None:
                     load.add_metric((handle.name,), handle.load_seconds)
@@ -185,6 +192,7 @@ class _Collector:
         yield reloads
         yield ooms
         yield cap
+        yield restarts
         yield GaugeMetricFamily("batchery_in_flight_requests", "HTTP requests being answered", value=m.in_flight)
         cache = CounterMetricFamily(
             "batchery_cache_events", "Response cache look-ups: hit, miss or error", labels=("model", "backend", "event")

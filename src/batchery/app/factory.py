@@ -22,6 +22,7 @@ from batchery.errors import BatcheryError
 from batchery.metrics import Metrics
 from batchery.protocols import DEFAULT_PROTOCOLS, Protocol
 from batchery.protocols.responses import json_response
+from batchery.workers.process import given_up
 
 log = logging.getLogger("batchery.app")
 
@@ -73,7 +74,7 @@ def create_app(
 
     @app.get("/ready", tags=["probes"], summary="Readiness: every model is loaded and warmed up")
     async def ready() -> Response:
-        if engine.ready:
+        if engine.ready and not any(given_up(handle) for handle in engine.handles.values()):
             return json_response(b'{"ready":true}')
         return json_response(b'{"ready":false}', 503, {"Retry-After": "1"})
 

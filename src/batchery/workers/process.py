@@ -1,0 +1,168 @@
+"""A model computed in a child process, so a crash (segfault, OOM kill, SIGKILL) takes the child down, not the server.
+
+`ProcessModel(MyModel())` is served like any model: each lane gets its own copy and so its own child, spawned
+at `setup`. A child that dies mid-batch fails that batch with 503 (`WorkerCrashed`), or retries it once on the
+fresh child when the model is declared `idempotent`; the child is restarted and `restarts` counted
+(`batchery_worker_restarts_total`). A model that crashes more than `max_restarts` times within `window`
+seconds is not restarted again: its batches get 503 and `ready` turns False, so `/ready` reports it.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import time
+from collections import deque
+from multiprocessing.connection import Connection
+from typing import Any
+
+from batchery.errors import BatcheryError
+from batchery.model import model_name
+
+log = logging.getLogger("batchery.workers")
+
+#: Batching settings read from the wrapped model (the engine reads them from this wrapper).
+_SETTINGS = ("version", "max_batch_size", "max_delay_ms", "batching", "workers", "max_queue_per_worker", "example")
+
+
+class WorkerCrashed(BatcheryError):
+    """The process computing this batch died; retry the request (it may succeed on the restarted worker)."""
+
+    status = 503
+    code = "worker_crashed"
+
+
+class ProcessModel:
+    """Wraps a picklable model (its class importable at module level); see the module docstring."""
+
+    def __init__(
+        self, model: Any, *, idempotent: bool | None = None, max_restarts: int = 3, window: float = 60.0
+    ) -> None:
+        self.model = model
+        self.name = model_name(model)
+        for setting in _SETTINGS:
+            if hasattr(model, setting):
+                setattr(self, setting, getattr(model, setting))
+        self.idempotent = bool(getattr(model, "idempotent", False) if idempotent is None else idempotent)
+        self.max_restarts = max_restarts
+        self.window = window
+        self.restarts = 0
+        self.ready = True
+        self._crashes: deque[float] = deque()
+        self._device = "cpu"
+        self._process: Any = None
+        self._conn: Connection | None = None
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ProcessModel:
+        # One child per lane: a copy shares the (never set-up) model, not the parent's child process.
+        return ProcessModel(self.model, idempotent=self.idempotent, max_restarts=self.max_restarts, window=self.window)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def setup(self, device: str) -> None:
+        """Spawn the child and set the model up in it; raise what its setup raised."""
+        self._device = device
+        self._start()
+
+    def decode_request(self, item: Any) -> Any:
+        return self.model.decode_request(item) if hasattr(self.model, "decode_request") else item
+
+    def encode_response(self, output: Any) -> Any:
+        return self.model.encode_response(output) if hasattr(self.model, "encode_response") else output
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        try:
+            return self._call(batch)
+        except WorkerCrashed:
+            if not self.idempotent or not self.ready:
+                raise
+            log.warning("model '%s': retrying the batch of %d once on the restarted worker", self.name, len(batch))
+            return self._call(batch)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        if self._process is not None:
+            self._process.kill()
+            self._process.join(5)
+        self._process = self._conn = None
+
+    def _call(self, batch: list[Any]) -> list[Any]:
+        if not self.ready or self._conn is None:
+            raise WorkerCrashed(f"model '{self.name}' kept crashing and is not restarted; fix it, then restart")
+        try:
+            self._conn.send(("predict", batch))
+            kind, value = self._conn.recv()
+        except (EOFError, OSError) as exc:
+            self._crashed()
+            raise WorkerCrashed(
+                f"the worker process of model '{self.name}' died while computing this batch; retry the request"
+            ) from exc
+        if kind == "error":
+            raise RuntimeError(value)
+        return list(value)
+
+    def _crashed(self) -> None:
+        code = None
+        if self._process is not None:
+            self._process.join(5)
+            code = self._process.exitcode
+        now = time.monotonic()
+        self._crashes.append(now)
+        while self._crashes and self._crashes[0] < now - self.window:
+            self._crashes.popleft()
+        if len(self._crashes) > self.max_restarts:
+            self.ready = False
+            log.error(
+                "model '%s' crashed %d times in %.0f s (last exit code %s): not restarting it; it is marked not ready",
+                self.name, len(self._crashes), self.window, code,
+            )  # fmt: skip
+            self.close()
+            return
+        self.restarts += 1
+        log.warning("model '%s': worker process died (exit code %s); restarting it", self.name, code)
+        self._start()
+
+    def _start(self) -> None:
+        context = multiprocessing.get_context("spawn")  # never fork a process running an event loop and threads
+        parent, child = context.Pipe()
+        process = context.Process(target=_serve, args=(child, self.model, self._device), daemon=True)
+        process.start()
+        child.close()
+        kind, value = parent.recv()
+        if kind == "error":
+            process.join(5)
+            raise RuntimeError(f"model '{self.name}' failed to set up in its worker process: {value}")
+        self._process, self._conn = process, parent
+
+
+def _serve(conn: Connection, model: Any, device: str) -> None:
+    """The child: set the model up, then answer batches until the pipe closes."""
+    try:
+        if hasattr(model, "setup"):
+            model.setup(device)
+    except Exception as exc:
+        conn.send(("error", repr(exc)))
+        return
+    conn.send(("ready", None))
+    while True:
+        try:
+            _command, batch = conn.recv()
+        except EOFError:
+            return
+        try:
+            conn.send(("ok", list(model.predict(batch))))
+        except Exception as exc:
+            conn.send(("error", f"{exc!r}"))
+
+
+def restarts(handle: Any) -> int:
+    """How many times the worker processes of a served model (a ModelHandle) were restarted."""
+    return sum(lane.model.restarts for lane in handle.lanes if isinstance(lane.model, ProcessModel))
+
+
+def given_up(handle: Any) -> bool:
+    """True when a worker process of this served model kept crashing and is no longer restarted."""
+    return any(isinstance(lane.model, ProcessModel) and not lane.model.ready for lane in handle.lanes)
