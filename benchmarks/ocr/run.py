@@ -182,12 +182,14 @@ def main() -> None:
     peer = [python, "-m", "uvicorn", "benchmarks.ocr.peer_fastapi:app", "--log-level", "warning", "--port"]
     ours = [python, "-m", "batchery.cli", "serve", "ocr", "--log-level", "warning", "--port"]
     servers = {"fastapi_rapidocr": (peer, "/docs", "/ocr"), "batchery": (ours, "/ready", "/v1/models/ocr/predict")}
+    rounds: dict[str, list[dict[str, Any]]] = {}
     for round_ in range(args.rounds):  # alternate, keep each server's best round: load from others is noise
         for name, (command, ready, path) in servers.items():
             port = free_port()
             with server([*command, str(port)], port, ready) as url:
                 run = asyncio.run(load(url, path, corpus, args.requests, args.concurrency))
             print(f"round {round_ + 1} {name}: {_brief(run)}", file=sys.stderr)
+            rounds.setdefault(name, []).append({k: v for k, v in run.items() if k != "texts"})
             if name not in runs or run["images_per_s"] > runs[name]["images_per_s"]:
                 runs[name] = run
 
@@ -205,6 +207,7 @@ def main() -> None:
         "throughput_ratio_vs_fastapi": ours_ips / peer_ips,
         "share_of_offline": ours_ips / runs["offline"]["best"]["images_per_s"],
         "runs": runs,
+        "per_round": rounds,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(summary, indent=2))
