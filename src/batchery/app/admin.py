@@ -8,6 +8,7 @@ refuses it, since a reload can load code from a file path.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -19,6 +20,8 @@ from batchery.config import Settings
 from batchery.engine import Engine
 from batchery.errors import BadRequest, ConfigError, InvalidInput
 from batchery.protocols.responses import json_response
+
+_VERSION = re.compile(r"[!-~]{1,64}")
 
 
 def routes(engine: Engine, settings: Settings) -> APIRouter:
@@ -68,6 +71,9 @@ def _reload_body(body: bytes) -> tuple[str | None, str | None]:
     for key, value in (("target", target), ("version", version)):
         if value is not None and (not isinstance(value, str) or not value):
             raise BadRequest(f'"{key}" must be a non-empty string')
+    # The version travels in the X-Model-Version header: a line break or non-ASCII there was a 500 (fuzzing).
+    if version is not None and not _VERSION.fullmatch(version):
+        raise BadRequest('"version" must be 1 to 64 printable ASCII characters without spaces, like "2" or "2024-06.1"')
     return target, version
 
 

@@ -79,7 +79,10 @@ KSERVE_INFER_RESPONSE = _object(
 VERSIONS = _object({"model": _STRING, "version": _STRING, "previous_versions": {"type": "array", "items": _STRING}})
 RELOAD_REQUEST = {
     "type": "object",
-    "properties": {"target": {"type": "string", "minLength": 1}, "version": {"type": "string", "minLength": 1}},
+    "properties": {
+        "target": {"type": "string", "minLength": 1},
+        "version": {"type": "string", "pattern": "^[!-~]{1,64}$"},
+    },
     "additionalProperties": False,
     "example": {"target": "my_model.py:MyModel", "version": "2"},
 }
