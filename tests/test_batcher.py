@@ -207,3 +207,15 @@ async def test_the_engine_takes_the_cost_from_the_models_input_cost() -> None:
         assert max(sizes[2:]) <= 2  # after the warm-up batches: never more than 8 characters in a batch
     finally:
         await engine.stop()
+
+
+async def test_adaptive_batch_grows_only_while_it_still_meets_the_soonest_deadline() -> None:
+    batcher = make("adaptive", size=8)
+    for size in (1, 2, 4, 8):  # a learned cost of 1 s + 1 s per input
+        batcher.costs.observe(size, 1.0 + size)
+    futures = submit(batcher, *range(6), deadline=time.monotonic() + 4.5)
+    # 3 inputs take ~4 s and make the deadline; a 4th would make the whole batch late.
+    assert lane(batcher).batches[0].payloads == [0, 1, 2]
+    assert batcher.queued == 3
+    finish(batcher)
+    assert [f.result() for f in futures[:3]] == ["out-0", "out-1", "out-2"]

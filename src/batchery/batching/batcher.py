@@ -3,7 +3,8 @@
 Event-driven, no polling: a batch is formed when an input arrives, a lane finishes or a flush timer fires.
 - "fixed": flush when `max_batch_size` inputs wait, or `max_delay` after the first one arrived.
 - "adaptive": a free lane takes what is queued now unless waiting pays off (policy.py: the arrivals expected
-  during one batch's fixed cost outnumber the queue), bounded by `max_delay` and the queued deadlines.
+  during one batch's fixed cost outnumber the queue), bounded by `max_delay` and the queued deadlines; a batch
+  stops growing where its expected cost would make it miss the soonest deadline among its items.
 Expired and cancelled inputs are dropped before compute, inputs that cannot meet their deadline are refused at
 once, and a full queue sheds or refuses at once (scheduler.py). The effective batch cap shrinks on
 out-of-memory and grows back (oom.py). Lanes can be swapped for a new model version while batches run.
@@ -12,6 +13,7 @@ out-of-memory and grows back (oom.py). Lanes can be swapped for a new model vers
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -278,6 +280,10 @@ class Batcher:
         budget = self.max_batch_cost
         cost = 0
         estimate = self.costs.cost(1) if self.costs.trained else 0.0
+        # adaptive: the batch grows only while it still finishes before the soonest deadline among its items;
+        # a bigger batch would answer them all late (504), wasting the compute.
+        fit_deadlines = self.policy == "adaptive" and self.costs.trained
+        soonest = math.inf
         for item in self._queue.pop(limit):
             if item.future.done():  # the client went away
                 continue
@@ -294,6 +300,12 @@ class Batcher:
             if budget is not None and items and cost + item.cost > budget:
                 self._queue.requeue(item)  # over the cost cap: first in line for the next batch
                 break
+            if fit_deadlines:
+                due = soonest if item.deadline is None else min(soonest, item.deadline)
+                if items and now + self.costs.cost(len(items) + 1) > due:
+                    self._queue.requeue(item)  # would make the batch late: first in line for the next one
+                    break
+                soonest = due
             cost += item.cost
             items.append(item)
         return items
