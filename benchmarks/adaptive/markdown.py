@@ -52,25 +52,26 @@ def render(results: dict[str, Any]) -> str:
         + (f"min {min(loads):.1f}, median {statistics.median(loads):.1f}, max {max(loads):.1f}." if loads else "-."),
         "",
         f"Trace: bursts of {t['burst_s']:g} s at 2x capacity, quiet {t['quiet_s']:g} s at 0.2x, {t['length_s']:g} s, "
-        f"seed {t['seed']}; capacity {_f(t.get('capacity'), 0)} req/s (the first c64 measured) -> "
+        f"seed {t['seed']}; capacity {_f(t.get('capacity'), 0)} req/s (--capacity, else the first c64 measured) -> "
         f"{t.get('arrivals', 0)} arrivals; `X-Request-Timeout-Ms: {results['deadline_ms']:g}` sent.",
         "",
         *_verdict_lines(results),
         "",
         "| configuration | c1 p50 ms | c1 p99 ms | c64 req/s | c64 p99 ms | trace: 200 within deadline | trace ok "
-        "| mean batch c64 / trace | queue wait ms c64 / trace | runs |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| trace inputs computed | mean batch c64 / trace | queue wait ms c64 / trace | runs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     offered = t.get("arrivals") or 0
     for label in results["configs"]:
         r = results.get("figures", {}).get(label)
         if r is None:
-            lines.append(f"| {label} | - | - | - | - | - | - | - | - | 0 |")
+            lines.append(f"| {label} | - | - | - | - | - | - | - | - | - | 0 |")
             continue
         share = f" ({r['trace_good'] / offered:.0%})" if offered and r["trace_good"] is not None else ""
         lines.append(
             f"| {label} | {_f(r['c1_p50_ms'], 2)} | {_f(r['c1_p99_ms'], 2)} | {_f(r['c64_rps'])} "
             f"| {_f(r['c64_p99_ms'])} | {_f(r['trace_good'], 0)}{share} | {_f(r['trace_ok'], 0)} "
+            f"| {_f(r.get('trace_computed'), 0)} "
             f"| {_f(r['c64_mean_batch'])} / {_f(r['trace_mean_batch'])} "
             f"| {_f(r['c64_mean_queue_wait_ms'])} / {_f(r['trace_mean_queue_wait_ms'])} | {r['runs']} |"
         )

@@ -126,6 +126,10 @@ def _median(values: list[float | None]) -> float | None:
     return statistics.median(present) if present else None
 
 
+def _computed(batching: dict[str, Any]) -> float:
+    return float(batching["batches"] * (batching["mean_batch"] or 0.0))
+
+
 def summarize(sessions: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Median per configuration of the figures compared, with every run's value kept beside it."""
     by_config: dict[str, list[dict[str, Any]]] = {}
@@ -148,6 +152,8 @@ def summarize(sessions: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             values = [r[phase][field] for r in runs]
             row[key] = _median(values)
             row[key + "_all"] = values
+        # Inputs the lanes computed during the trace: beyond `trace_ok`, compute spent on answers that came too late.
+        row["trace_computed"] = _median([_computed(r["trace"]["batching"]) for r in runs])
         for phase in ("c1", "c64", "trace"):
             row[f"{phase}_mean_batch"] = _median([r[phase]["batching"]["mean_batch"] for r in runs])
             row[f"{phase}_mean_queue_wait_ms"] = _median([r[phase]["batching"]["mean_queue_wait_ms"] for r in runs])
