@@ -77,7 +77,8 @@ class RedisLink:
         # Redis returns would fail on them one by one, marking it down again (and logging it again).
         try:
             async with asyncio.timeout(self.timeout):
-                await self.client.connection_pool.disconnect()
+                # Idle ones only: closing one another call is writing on breaks that call outside redis' errors.
+                await self.client.connection_pool.disconnect(inuse_connections=False)
         except Exception as exc:
             log.debug("dropping redis connections: %r", exc)
 
