@@ -16,7 +16,7 @@ FLOOD, POLITE = "flood-key", "polite-key"
 
 
 class Slow(Model):
-    """Each batch takes 30 ms without holding the GIL, like a real runtime; at most 4 inputs a batch."""
+    """Each batch takes 60 ms without holding the GIL, like a real runtime; at most 4 inputs a batch."""
 
     name = "slow"
     max_batch_size = 4
@@ -24,7 +24,7 @@ class Slow(Model):
     example = 0
 
     def predict(self, batch: list[Any]) -> list[Any]:
-        time.sleep(0.03)
+        time.sleep(0.06)
         return batch
 
 
