@@ -13,6 +13,11 @@ def _f(value: Any, digits: int = 1) -> str:
     return f"{value:,.{digits}f}"
 
 
+def _paired(ratios: dict[str, float | None]) -> str:
+    shown = [f"{label} {ratio:.2f}" for label, ratio in ratios.items() if ratio is not None]
+    return "; per-round ratios (median), adaptive / " + ", ".join(shown) if shown else ""
+
+
 def _verdict_lines(results: dict[str, Any]) -> list[str]:
     v = results.get("verdicts", {})
     lines = []
@@ -20,20 +25,20 @@ def _verdict_lines(results: dict[str, Any]) -> list[str]:
         c = v["c1_p50"]
         lines.append(
             f"- p50 at c1, adaptive / batching off = **{c['adaptive_over_off']:.2f}** (target {c['target']}): "
-            f"{'met' if c['met'] else 'NOT met'}"
+            f"{'met' if c['met'] else 'NOT met'}" + _paired({"off": c.get("paired")})
         )
     if "c64_throughput" in v:
         c = v["c64_throughput"]
         lines.append(
             f"- throughput at c64, adaptive / best fixed ({c['best_fixed']}) = **{c['adaptive_over_best']:.2f}** "
-            f"(target {c['target']}): {'met' if c['met'] else 'NOT met'}"
+            f"(target {c['target']}): {'met' if c['met'] else 'NOT met'}" + _paired(c.get("paired", {}))
         )
     if "trace_goodput" in v:
         c = v["trace_goodput"]
         lines.append(
             f"- bursty trace, answers 200 within {c['deadline_ms']:g} ms: adaptive **{_f(c['adaptive_good'], 0)}**, "
             f"best fixed ({c['best_fixed']}) **{_f(c['best_fixed_good'], 0)}** (target: {c['target']}): "
-            f"{'met' if c['met'] else 'NOT met'}"
+            f"{'met' if c['met'] else 'NOT met'}" + _paired(c.get("paired", {}))
         )
     return lines
 
