@@ -58,3 +58,18 @@ def test_requeued_items_come_back_first() -> None:
     (first,) = scheduler.pop(1)
     scheduler.requeue(first)
     assert [i.payload for i in scheduler.pop(5)] == ["a", "b"]
+
+
+def test_a_request_is_admitted_whole_or_not_at_all() -> None:
+    scheduler = Scheduler(4)
+    scheduler.push([item(f"a{i}") for i in range(3)], client="a")
+    request = [item("a-x"), item("a-y")]
+    assert scheduler.push(request, client="a") == request  # no room, nobody fairer to shed: refused whole
+    assert sorted(i.payload for i in scheduler.items()) == ["a0", "a1", "a2"]
+    shed = scheduler.push([item("b0"), item("b1")], client="b")
+    assert [i.payload for i in shed] == ["a2"]
+    assert sorted(i.payload for i in scheduler.items()) == ["a0", "a1", "b0", "b1"]
+    too_big = [item(f"c{i}") for i in range(5)]
+    assert scheduler.push(too_big, client="c") == too_big
+    assert sorted(i.payload for i in scheduler.items()) == ["a0", "a1", "b0", "b1"]  # victims put back in place
+    assert [i.payload for i in scheduler.pop(4)] == ["a0", "b0", "a1", "b1"]

@@ -115,17 +115,15 @@ class Batcher:
         return Item(payload, loop.create_future(), time.monotonic(), deadline, cost)
 
     def submit(self, items: Sequence[Item], *, client: str = DEFAULT_CLIENT, priority: int = 0) -> None:
-        """Queue `items`; raise Overloaded if none could be queued, DeadlineExceeded if they cannot make it.
-
-        When the queue is full, another client's backlog may be shed for them (those get 503); items of this
-        call that could not be queued get 503 through their futures, unless all failed (then it raises).
+        """Queue all of `items` (one request's inputs) or none: raise Overloaded when there is no room,
+        DeadlineExceeded when they cannot make their deadline. A full queue may shed the newest inputs of a
+        longer (or lower-priority) backlog to make room; those get 503 through their futures.
         """
         now = time.monotonic()
         self._refuse_hopeless(items, now)
         shed = self._queue.push(items, client, priority)
         if shed:
-            refused = [item for item in shed if item in items]
-            if len(refused) == len(items):
+            if shed[0] is items[0]:  # refused: no room for this request, and nobody fairer to shed
                 self.stats.rejected += len(items)
                 self.observer.rejected(self.name, "queue_full", len(items))
                 raise self._overloaded()

@@ -54,21 +54,28 @@ class Scheduler:
         return self._count > 0
 
     def push(self, items: Sequence[Item], client: str = DEFAULT_CLIENT, priority: int = 0) -> list[Item]:
-        """Queue `items`; return the items shed to make room (possibly some of `items` themselves)."""
-        shed: list[Item] = []
+        """Queue all of `items` or none; return the items shed to make room, or `items` themselves if refused.
+
+        A request's inputs are admitted together: queuing part of one would compute inputs whose request fails.
+        """
+        shed: list[tuple[Item, str, int]] = []
+        while self._count + len(items) > self.max_items:
+            found = self._victim(client, priority)
+            if found is None:
+                for victim, owner, level in reversed(shed):  # not enough room after all: undo, in order
+                    self._append(victim, owner, level)
+                return list(items)
+            shed.append(found)
         for item in items:
-            if self._count >= self.max_items:
-                victim = self._victim(client, priority)
-                if victim is None:
-                    shed.append(item)
-                    continue
-                shed.append(victim)
-            level = self._levels.get(priority)
-            if level is None:
-                level = self._levels[priority] = _Level()
-            level.push(client, item)
-            self._count += 1
-        return shed
+            self._append(item, client, priority)
+        return [victim for victim, _, _ in shed]
+
+    def _append(self, item: Item, client: str, priority: int) -> None:
+        level = self._levels.get(priority)
+        if level is None:
+            level = self._levels[priority] = _Level()
+        level.push(client, item)
+        self._count += 1
 
     def requeue(self, item: Item) -> None:
         """Put `item` back at the very front (it was popped but did not fit the batch); never sheds."""
@@ -119,8 +126,11 @@ class Scheduler:
             for queue in level.queues.values():
                 yield from queue
 
-    def _victim(self, client: str, priority: int) -> Item | None:
-        """The newest item of the longest backlog at the lowest priority, if shedding it is fairer than refusing."""
+    def _victim(self, client: str, priority: int) -> tuple[Item, str, int] | None:
+        """Remove the newest item of the longest backlog at the lowest priority, if shedding it is fairer than
+        refusing; return it with its client and priority (so it can be put back exactly where it was)."""
+        if not self._levels:
+            return None
         lowest = min(self._levels)
         if lowest > priority:
             return None
@@ -138,4 +148,4 @@ class Scheduler:
             level.credit.pop(longest, None)
             if not level.queues:
                 del self._levels[lowest]
-        return victim
+        return victim, longest, lowest
