@@ -117,7 +117,7 @@ class ModelHandle:
             max_batch_size=self.max_batch_size,
             max_delay=self.max_delay_ms / 1000.0,
             policy=self.policy,
-            max_queue=int(setting("max_queue_per_worker", 512)) * self.workers,
+            max_queue=int(setting("max_queue_per_worker", 1024)) * self.workers,
             cores=total_cores,
             elastic=self.elastic,
             observer=observer,

@@ -29,7 +29,7 @@ class Model:
     #: Worker threads, each with its own copy of the model. None: one per CPU core this process may use.
     workers: int | None = None
     #: Inputs allowed to wait per worker before new requests get 503 (bounded queue).
-    max_queue_per_worker: int = 512
+    max_queue_per_worker: int = 1024
     #: True when `predict` can use more threads: a batch that has the machine to itself is granted every
     #: core; read the grant with `batchery.granted_cores()` (during `setup`, it is the worker's share).
     elastic: bool = False
