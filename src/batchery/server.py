@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -174,12 +175,19 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+#: Seconds a thread may hold the GIL while another waits for it, in a serving process.
+SWITCH_INTERVAL = 0.0005
+
+
 def serve(*models: Any, host: str | None = None, port: int | None = None, **settings: Any) -> None:
     """Serve `models` over HTTP until interrupted; exits the process with 1 if a model fails to load."""
     resolved = Settings.load({"host": host, "port": port, **settings})
     from batchery.runtimes.onnx_impl import opt_out_of_telemetry
 
     opt_out_of_telemetry()  # a server writes nothing outside its cache directory (docs/reliability.md)
+    # A lane coming back from a GIL-free runtime call waits for the event loop to hand the GIL over; Python's
+    # default 5 ms switch interval puts up to that much on every batch (measured: batch-1 p50 0.6 ms lower).
+    sys.setswitchinterval(SWITCH_INTERVAL)
     logging.basicConfig(level=resolved.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not models:
         from batchery.models.embedding import SentenceEmbedder
