@@ -179,7 +179,7 @@ def running(peer: Peer, workload: str, knobs: Knobs, log_dir: Path, timeout: flo
         _wait_ready(url, bodies(peer.kind, workload)[0], proc, timeout, log)
         yield Running(peer, workload, knobs, url, proc, log)
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 def _wait_ready(url: str, body: bytes, proc: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
@@ -202,7 +202,7 @@ def _wait_ready(url: str, body: bytes, proc: subprocess.Popen[bytes], timeout: f
     raise RuntimeError(f"server not ready after {timeout:.0f} s; see {log}")
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM the server's own process group, SIGKILL it after 15 s."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)

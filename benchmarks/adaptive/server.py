@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
 import subprocess
 import time
 import urllib.error
@@ -18,7 +17,7 @@ from typing import Any
 import orjson
 
 from benchmarks.adaptive.configs import MODEL, Config
-from benchmarks.servers import MAIN_PY, ROOT, free_port
+from benchmarks.servers import MAIN_PY, ROOT, free_port, stop
 
 PATH = f"/v1/models/{MODEL}/predict"
 _SAMPLE = re.compile(r"^(batchery_\w+)\{([^}]*)\} (\S+)$")
@@ -38,14 +37,7 @@ def serving(config: Config, log: Path, timeout: float = 180.0) -> Iterator[str]:
         _wait_ready(base, proc, timeout, log)
         yield base
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop(proc)
 
 
 def _wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
