@@ -22,6 +22,7 @@ from batchery.batching.lane import Lane
 from batchery.batching.oom import predict_splitting
 from batchery.batching.streaming import StreamingModel
 from batchery.errors import ConfigError, Conflict, ModelLoadError
+from batchery.gpu import NVML, GpuReading, device_index
 from batchery.model import model_name
 from batchery.observer import Observer
 from batchery.spec import ModelSpec, check_thread_budget, from_env, resolve_devices
@@ -48,6 +49,8 @@ class ModelInfo:
     load_seconds: float | None
     batch_cap: int = 0
     previous_versions: list[str] | None = None
+    #: NVML readings of the GPUs this model's workers run on (absent without a GPU).
+    gpus: list[GpuReading] | None = None
 
 
 @dataclass(slots=True)
@@ -300,7 +303,14 @@ class ModelHandle:
             load_seconds=self.load_seconds,
             batch_cap=self.batcher.cap.value,
             previous_versions=[source.version for source in self.history],
+            gpus=self._gpus(),
         )
+
+    def _gpus(self) -> list[GpuReading] | None:
+        indexes = {device_index(device) for device in self.devices} - {None}
+        if not indexes:
+            return None
+        return [reading for reading in NVML.readings() if reading.index in indexes] or None
 
 
 def _streaming(model: Any) -> Any:

@@ -7,7 +7,6 @@ time, GPU) are read when scraped. The metric names are an interface: dashboards 
 
 from __future__ import annotations
 
-import importlib
 import logging
 from bisect import bisect_left
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchery.batching.records import BatchResult
 from batchery.errors import ConfigError
+from batchery.gpu import NVML
 
 if TYPE_CHECKING:
     from batchery.engine import Engine
@@ -219,38 +219,16 @@ def _histograms(family: Any, name: str, text: str, labels: tuple[str, ...], sour
 
 
 class _Gpu:
-    """GPU gauges through NVML, loaded at the first scrape; no NVML or no GPU means no GPU metrics."""
-
-    def __init__(self) -> None:
-        self._nvml: Any = None
-        self._available: bool | None = None
+    """GPU gauges from NVML readings (gpu.py); no GPU means no GPU metrics."""
 
     def collect(self, gauge: Any) -> Iterator[Any]:
-        if self._available is None:
-            self._available = self._init()
-        if not self._available:
+        readings = NVML.readings()
+        if not readings:
             return
-        nvml = self._nvml
         utilization = gauge("batchery_gpu_utilization_ratio", "GPU busy time share", labels=("device",))
         memory = gauge("batchery_gpu_memory_used_bytes", "GPU memory in use", labels=("device",))
-        try:
-            for index in range(nvml.nvmlDeviceGetCount()):
-                device = nvml.nvmlDeviceGetHandleByIndex(index)
-                utilization.add_metric((str(index),), nvml.nvmlDeviceGetUtilizationRates(device).gpu / 100.0)
-                memory.add_metric((str(index),), float(nvml.nvmlDeviceGetMemoryInfo(device).used))
-        except Exception as exc:  # a scrape must never fail because of a GPU driver hiccup
-            log.debug("NVML query failed: %r", exc)
-            return
+        for reading in readings:
+            utilization.add_metric((str(reading.index),), reading.utilization)
+            memory.add_metric((str(reading.index),), float(reading.memory_used_bytes))
         yield utilization
         yield memory
-
-    def _init(self) -> bool:
-        try:
-            pynvml = importlib.import_module("pynvml")  # from nvidia-ml-py, which has no type hints
-            pynvml.nvmlInit()
-            if pynvml.nvmlDeviceGetCount() < 1:
-                return False
-        except Exception:  # no package, no driver or no GPU: simply no GPU metrics
-            return False
-        self._nvml = pynvml
-        return True
