@@ -226,7 +226,9 @@ async def _schedule(run: _Run, due: asyncio.Queue[float | None]) -> None:
         delay = at - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        due.put_nowait(at)
+        # The loop's timers may fire up to a millisecond early (uvloop's resolution): a request that goes out
+        # before its intended time is timed from when it really went, never from a moment still to come.
+        due.put_nowait(min(at, time.perf_counter()))
 
 
 def _show_progress(run: _Run, since: float) -> float:
