@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from typing import Any
 
@@ -16,15 +17,22 @@ FLOOD, POLITE = "flood-key", "polite-key"
 
 
 class Slow(Model):
-    """Each batch takes 60 ms without holding the GIL, like a real runtime; at most 4 inputs a batch."""
+    """Each batch takes 50-70 ms without holding the GIL, like a real runtime; at most 4 inputs a batch.
+
+    The jitter matters: real batch times vary, so two workers drift apart and a newcomer waits for whichever
+    frees first. With identical times they would run in lockstep, and every request would wait a whole batch.
+    """
 
     name = "slow"
     max_batch_size = 4
     workers = 2
     example = 0
 
+    def setup(self, device: str) -> None:
+        self.jitter = random.Random(id(self))
+
     def predict(self, batch: list[Any]) -> list[Any]:
-        time.sleep(0.06)
+        time.sleep(0.05 + 0.02 * self.jitter.random())
         return batch
 
 
