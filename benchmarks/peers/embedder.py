@@ -60,3 +60,13 @@ def texts_of(body: dict[str, Any]) -> list[str]:
 def answer(body: dict[str, Any], outputs: list[Any]) -> dict[str, Any]:
     """The native-protocol answer matching `body`'s form."""
     return {"output": outputs[0]} if "input" in body else {"outputs": outputs}
+
+
+def answer_each(bodies: list[dict[str, Any]], vectors: list[Any]) -> list[dict[str, Any]]:
+    """One answer per body, from the vectors of all their sentences in order (as `texts_of` listed them)."""
+    out, start = [], 0
+    for body in bodies:
+        n = len(texts_of(body))
+        out.append(answer(body, vectors[start : start + n]))
+        start += n
+    return out

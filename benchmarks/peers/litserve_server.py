@@ -6,7 +6,7 @@ Knobs: BENCH_BATCH (max_batch_size), BENCH_WAIT_MS (batch_timeout), BENCH_WORKER
 from typing import Any
 
 import litserve as ls
-from embedder import Embedder, answer, config, texts_of
+from embedder import Embedder, answer, answer_each, config, texts_of
 
 _CFG = config()
 
@@ -27,12 +27,7 @@ class Api(ls.LitAPI):
             out = [answer(b, texts_of(b)) for b in bodies]
         else:
             texts = [t for body in bodies for t in texts_of(body)]
-            vectors = self.model.embed(texts).tolist()
-            out, start = [], 0
-            for body in bodies:
-                n = len(texts_of(body))
-                out.append(answer(body, vectors[start : start + n]))
-                start += n
+            out = answer_each(bodies, self.model.embed(texts).tolist())
         return out if _CFG["batch"] > 1 else out[0]
 
     def batch(self, inputs: Any) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from embedder import Embedder, answer, config, texts_of
+from embedder import Embedder, answer, answer_each, config, texts_of
 from mosec import Server, Worker
 
 _CFG = config()
@@ -33,12 +33,7 @@ class Embed(_Base):
     def forward(self, data: Any) -> Any:
         bodies = data if _CFG["batch"] > 1 else [data]
         texts = [t for body in bodies for t in texts_of(body)]
-        vectors = list(self.model.embed(texts))
-        out, start = [], 0
-        for body in bodies:
-            n = len(texts_of(body))
-            out.append(answer(body, vectors[start : start + n]))
-            start += n
+        out = answer_each(bodies, list(self.model.embed(texts)))
         return out if _CFG["batch"] > 1 else out[0]
 
 
