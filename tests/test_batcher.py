@@ -35,6 +35,7 @@ def make(policy: str = "fixed", *, size: int = 4, delay: float = 1000.0, lanes: 
         cores=kw.get("cores", 2),
         elastic=kw.get("elastic", False),
         max_batch_cost=kw.get("max_batch_cost"),
+        max_queue_wait=kw.get("max_queue_wait"),
     )
     batcher.attach([FakeLane() for _ in range(lanes)])  # type: ignore[misc]
     return batcher
@@ -103,6 +104,26 @@ async def test_adaptive_policy_sends_a_lone_request_at_once_and_batches_while_bu
     assert lane(batcher).batches[-1].payloads == [6]
 
 
+async def test_a_free_lane_waits_briefly_for_the_clients_it_just_answered() -> None:
+    batcher = make("adaptive", size=8, delay=0.05, lanes=2)
+    for size, seconds in [(1, 0.1), (2, 0.11), (4, 0.13), (8, 0.17)]:
+        batcher.costs.observe(size, seconds)  # a batch of one takes 0.1 s: longer than the 50 ms delay
+    submit(batcher, *range(8))  # both lanes idle: spread, four each
+    first, second = (lane(batcher, i) for i in (0, 1))
+    assert [len(b.payloads) for b in first.batches + second.batches] == [4, 4]
+    batcher.on_result(first, BatchResult(first.batches[0], [0] * 4, None, 0.13))  # type: ignore[arg-type]
+    for payload in ("r1", "r2", "r3"):  # three of the four answered clients are back: the lane waits
+        submit(batcher, payload)
+        assert len(first.batches) == 1
+    submit(batcher, "r4")  # all four back: one batch of four, not four slivers
+    assert first.batches[-1].payloads == ["r1", "r2", "r3", "r4"]
+    batcher.on_result(first, BatchResult(first.batches[-1], [0] * 4, None, 0.13))  # type: ignore[arg-type]
+    submit(batcher, "lone")  # the others do not come back: it goes once the brief wait is over
+    assert len(first.batches) == 2
+    await asyncio.sleep(0.08)
+    assert first.batches[-1].payloads == ["lone"]
+
+
 async def test_full_queue_is_refused_at_once_with_retry_after() -> None:
     batcher = make("adaptive", size=1, max_queue=2)
     submit(batcher, "running")
@@ -111,6 +132,41 @@ async def test_full_queue_is_refused_at_once_with_retry_after() -> None:
         submit(batcher, "too many")
     assert info.value.retry_after is not None
     assert batcher.stats.rejected == 1
+
+
+async def test_a_backlog_older_than_the_queue_wait_bound_refuses_new_requests_at_once() -> None:
+    batcher = make("adaptive", size=1, max_queue_wait=0.05)
+    submit(batcher, "running")
+    queued = submit(batcher, "q1")
+    submit(batcher, "q2")  # the backlog is fresh: admitted
+    await asyncio.sleep(0.08)
+    with pytest.raises(Overloaded, match="have waited") as info:
+        submit(batcher, "late")
+    assert info.value.retry_after is not None
+    assert batcher.stats.rejected == 1
+    finish(batcher)  # the lane takes q1; q2 has waited as long, so still refused
+    with pytest.raises(Overloaded):
+        submit(batcher, "late again")
+    finish(batcher)
+    finish(batcher)  # the backlog is gone: admitted again
+    assert queued[0].result() == "out-q1"
+    submit(batcher, "fresh")
+    assert lane(batcher).batches[-1].payloads == ["fresh"]
+
+
+async def test_the_queue_wait_bound_is_per_client_and_never_below_two_full_batches() -> None:
+    batcher = make("adaptive", size=1, max_queue_wait=0.05)
+    loop = asyncio.get_running_loop()
+    batcher.submit([batcher.new_item("running", loop)], client="a")
+    batcher.submit([batcher.new_item("a1", loop)], client="a")
+    await asyncio.sleep(0.08)
+    with pytest.raises(Overloaded):
+        batcher.submit([batcher.new_item("a2", loop)], client="a")
+    batcher.submit([batcher.new_item("b1", loop)], client="b")  # b has no backlog: its wait is one turn
+    for _ in range(4):
+        batcher.costs.observe(1, 0.2)  # a slow model: two batches take 0.4 s, longer than the 50 ms setting
+    assert batcher.queue_wait_bound() == pytest.approx(0.4)
+    batcher.submit([batcher.new_item("a3", loop)], client="a")  # a's 80 ms backlog is within 0.4 s now
 
 
 async def test_expired_items_are_answered_504_and_never_computed() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import orjson
@@ -127,3 +128,21 @@ async def test_queue_full_gives_503_with_retry_after() -> None:
     assert refused, statuses
     assert refused[0].headers["retry-after"] == "1"
     assert refused[0].json()["error"]["code"] == "overloaded"
+
+
+async def test_a_queue_waiting_past_its_time_bound_gives_503_at_once() -> None:
+    slow = SleepModel(0.3)
+    slow.workers = 1
+    slow.max_batch_size = 1
+    slow.max_queue_wait_ms = 100.0  # below two batches (0.6 s) once the cost is learnt; 100 ms before that
+    async with running_server([slow]) as server, httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        first = [asyncio.create_task(http.post("/v1/models/sleep/predict", json={"input": i})) for i in range(2)]
+        await asyncio.sleep(0.2)  # input 1 has waited 0.2 s behind input 0
+        started = time.monotonic()
+        refused = await http.post("/v1/models/sleep/predict", json={"input": "late"})
+        waited = time.monotonic() - started
+        assert [r.status_code for r in await asyncio.gather(*first)] == [200, 200]
+    assert refused.status_code == 503, refused.text
+    assert waited < 0.25, "refused only after waiting (queued, it would take >= 0.4 s), not at once"
+    assert refused.headers["retry-after"] == "1"
+    assert "have waited" in refused.json()["error"]["message"]

@@ -47,6 +47,9 @@ class ModelInfo:
     batching: str
     queued: int
     load_seconds: float | None
+    #: The queue's time bound in ms (0: none); `queue_wait_bound_ms` is the one in force (>= two full batches).
+    max_queue_wait_ms: float = 0.0
+    queue_wait_bound_ms: float | None = None
     batch_cap: int = 0
     previous_versions: list[str] | None = None
     #: NVML readings of the GPUs this model's workers run on (absent without a GPU).
@@ -109,6 +112,7 @@ class ModelHandle:
         self.elastic = bool(getattr(model, "elastic", False)) and cpu_lanes == self.workers
         self.max_batch_size = int(setting("max_batch_size", 32))
         self.max_delay_ms = float(setting("max_delay_ms", 5.0))
+        self.max_queue_wait_ms = float(setting("max_queue_wait_ms", 1000.0))
         self.policy = str(setting("batching", "adaptive"))
         self.status = "pending"
         self.load_seconds: float | None = None
@@ -125,6 +129,7 @@ class ModelHandle:
             elastic=self.elastic,
             observer=observer,
             max_batch_cost=setting("max_batch_cost", None),
+            max_queue_wait=self.max_queue_wait_ms / 1000.0 if self.max_queue_wait_ms > 0 else None,
         )
         self.lanes: list[Lane] = []
         self.source = Source(model, self.version, reimport, str(getattr(model, "version", "") or ""))
@@ -138,8 +143,8 @@ class ModelHandle:
             raise ConfigError(f"{where} has no predict(batch) method. Hint: subclass batchery.Model")
         if self.workers < 1 or self.max_batch_size < 1:
             raise ConfigError(f"{where}: workers and max_batch_size must be >= 1")
-        if self.max_delay_ms < 0:
-            raise ConfigError(f"{where}: max_delay_ms must be >= 0")
+        if self.max_delay_ms < 0 or self.max_queue_wait_ms < 0:
+            raise ConfigError(f"{where}: max_delay_ms and max_queue_wait_ms must be >= 0")
         if self.policy not in POLICIES:
             raise ConfigError(f"{where}: batching must be one of {', '.join(POLICIES)}, not {self.policy!r}")
 
@@ -300,6 +305,8 @@ class ModelHandle:
             max_delay_ms=self.max_delay_ms,
             batching=self.policy,
             queued=self.batcher.queued,
+            max_queue_wait_ms=self.max_queue_wait_ms,
+            queue_wait_bound_ms=_ms(self.batcher.queue_wait_bound()),
             load_seconds=self.load_seconds,
             batch_cap=self.batcher.cap.value,
             previous_versions=[source.version for source in self.history],
@@ -311,6 +318,10 @@ class ModelHandle:
         if not indexes:
             return None
         return [reading for reading in NVML.readings() if reading.index in indexes] or None
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
 
 
 def _streaming(model: Any) -> Any:

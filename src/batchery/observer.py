@@ -14,7 +14,7 @@ class Observer(Protocol):
         """A lane finished `result.batch` (outputs or error); items carry their enqueue times."""
 
     def rejected(self, model: str, reason: str, count: int) -> None:
-        """`count` inputs were refused or dropped: reason is "queue_full", "deadline" or "cancelled"."""
+        """`count` inputs were refused or dropped: reason is "queue_full", "queue_wait", "deadline" or "cancelled"."""
 
 
 class NullObserver:

@@ -23,6 +23,7 @@ OVERRIDABLE: dict[str, type] = {
     "batching": str,
     "workers": int,
     "max_queue_per_worker": int,
+    "max_queue_wait_ms": float,
     "max_batch_cost": int,
     "devices": str,
     "workers_per_device": int,
@@ -41,6 +42,7 @@ class ModelSpec:
     batching: str | None = None
     workers: int | None = None
     max_queue_per_worker: int | None = None
+    max_queue_wait_ms: float | None = None
     max_batch_cost: int | None = None
     #: "auto", "cpu", "cuda", "cuda:1", or several separated by commas.
     devices: str | None = None

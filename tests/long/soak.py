@@ -107,7 +107,9 @@ async def drive(url: str, pid: int, *, requests: int, every: int, connections: i
                 report.unexpected[f"{method} {path} -> {response.status} (expected {expected})"] += 1
             if report.requests >= next_sample + every:
                 next_sample += every
-                report.samples.append(_sample(process, report.requests, started))
+                sample = _sample(process, report.requests, started)
+                report.samples.append(sample)
+                print(f"sample: {asdict(sample)}", flush=True)  # progress of a long run, as it goes
 
     # Every connection stays open until all are done, so the last samples see the same connections as the rest.
     conns = [await Connection.open(url) for _ in range(connections)]

@@ -6,8 +6,11 @@ Event-driven, no polling: a batch is formed when an input arrives, a lane finish
   during one batch's fixed cost outnumber the queue), bounded by `max_delay` and the queued deadlines; a batch
   stops growing where its expected cost would make it miss the soonest deadline among its items.
 Expired and cancelled inputs are dropped before compute, inputs that cannot meet their deadline are refused at
-once, and a full queue sheds or refuses at once (scheduler.py). The effective batch cap shrinks on
-out-of-memory and grows back (oom.py). Lanes can be swapped for a new model version while batches run.
+once, and a full queue sheds or refuses at once (scheduler.py). The queue is bounded in time as well as in
+inputs: once a client's oldest queued input has waited `max_queue_wait` (or two full batches, if longer), its
+new requests are refused with 503 at once, so under overload the accepted ones wait a bounded time. The effective
+batch cap shrinks on out-of-memory and grows back (oom.py). Lanes can be swapped for a new model version while
+batches run.
 """
 
 from __future__ import annotations
@@ -60,12 +63,15 @@ class Batcher:
         max_batch_cost: int | None = None,
         client_weight: Callable[[str], int] | None = None,
         cost_of: Callable[[Any], int] | None = None,
+        max_queue_wait: float | None = None,
     ) -> None:
         self.name = name
         self.max_batch_size = max_batch_size
         self.max_delay = max_delay
         self.policy = policy
         self.max_queue = max_queue
+        #: Seconds a client's oldest queued input may have waited before its new requests are refused; None: no bound.
+        self.max_queue_wait = max_queue_wait
         self.max_batch_cost = max_batch_cost
         #: The model's `input_cost(payload)` (tokens, pixels...), counted against `max_batch_cost`; None: 1 each.
         self.cost_of = cost_of
@@ -83,6 +89,10 @@ class Batcher:
         self._wide_running = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        #: Inputs answered within the last moment (`max_delay`, at most a batch of one's cost) whose clients have
+        #: not sent a new one yet: a closed-loop client sends its next request as soon as it has its answer.
+        self._returning = 0
+        self._returns_until = 0.0
         self._drained: asyncio.Event | None = None
 
     def attach(self, lanes: Sequence[Lane]) -> list[Lane]:
@@ -121,6 +131,7 @@ class Batcher:
         """
         now = time.monotonic()
         self._refuse_hopeless(items, now)
+        self._refuse_backlogged(items, client, priority, now)
         shed = self._queue.push(items, client, priority)
         if shed:
             if shed[0] is items[0]:  # refused: no room for this request, and nobody fairer to shed
@@ -133,12 +144,35 @@ class Batcher:
             self.stats.shed += len(shed)
             self.observer.rejected(self.name, "queue_full", len(shed))
         self.arrivals.observe(now, len(items))
+        self._returning = max(0, self._returning - len(items))
         self._dispatch()
 
     def _overloaded(self) -> Overloaded:
         return Overloaded(
             f"model '{self.name}' has {len(self._queue)} inputs queued (limit {self.max_queue}); "
             "retry shortly or add replicas",
+            retry_after=1.0,
+        )
+
+    def queue_wait_bound(self) -> float | None:
+        """The queue's bound in seconds: `max_queue_wait`, or two full batches of this model if they take longer."""
+        if self.max_queue_wait is None:
+            return None
+        if not self.costs.trained:
+            return self.max_queue_wait
+        return max(self.max_queue_wait, 2 * self.costs.cost(self.cap.value))
+
+    def _refuse_backlogged(self, items: Sequence[Item], client: str, priority: int, now: float) -> None:
+        """Refuse at once a request whose client's backlog already waits longer than the queue's time bound."""
+        bound = self.queue_wait_bound()
+        since = self._queue.waiting_since(client, priority) if bound is not None else None
+        if bound is None or since is None or now - since <= bound:
+            return
+        self.stats.rejected += len(items)
+        self.observer.rejected(self.name, "queue_wait", len(items))
+        raise Overloaded(
+            f"model '{self.name}' is overloaded: queued inputs have waited {(now - since) * 1000:.0f} ms "
+            f"(limit {bound * 1000:.0f} ms); retry shortly or add replicas",
             retry_after=1.0,
         )
 
@@ -167,6 +201,11 @@ class Batcher:
             lane.stop()  # a previous version's lane: its last batch is done, release it
         self._answer(result)
         self._learn(result)
+        now = time.monotonic()
+        if now > self._returns_until:
+            self._returning = 0
+        self._returning += len(batch.items)
+        self._returns_until = now + min(self.max_delay, self.costs.cost(1))
         self.observer.batch_done(self.name, result)
         self._dispatch()
         if self._drained is not None and self.in_flight == 0:
@@ -259,9 +298,18 @@ class Batcher:
             if soonest is not None:
                 flush = min(flush, soonest - (self.costs.cost(cap) if self.costs.trained else 0.0))
             return flush
-        # adaptive: never wait when every lane is idle (a lone request goes at once), nor before the cost
-        # model is trained, nor when the arrivals expected during one batch's fixed cost would not add up.
-        if len(self._idle) == len(self._lanes) or not self.costs.trained:
+        # adaptive: never wait before the cost model is trained. Inputs just answered are likely to come back
+        # (closed-loop clients): a free lane waits for its share of them, briefly, rather than start a sliver
+        # of a batch that leaves the lanes out of step.
+        if not self.costs.trained:
+            return now
+        if self._returning and now < self._returns_until:
+            share = -(-(queued + self._returning) // len(self._idle))
+            if queued < min(cap, share):
+                return min(self._returns_until, oldest.enqueued_at + self.max_delay)
+        # Never wait when every lane is idle (a lone request goes at once), nor when the arrivals expected during
+        # one batch's fixed cost would not add up.
+        if len(self._idle) == len(self._lanes):
             return now
         if not worth_waiting(queued, cap, self.costs.fixed, self.arrivals.rate(now)):
             return now

@@ -121,6 +121,12 @@ class Scheduler:
                 return min(heads, key=lambda item: item.enqueued_at)
         return None
 
+    def waiting_since(self, client: str, priority: int) -> float | None:
+        """When the longest-waiting item of `client` at `priority` was queued; None when it has none queued."""
+        level = self._levels.get(priority)
+        queue = level.queues.get(client) if level is not None else None
+        return queue[0].enqueued_at if queue else None
+
     def items(self) -> Iterator[Item]:
         for level in self._levels.values():
             for queue in level.queues.values():

@@ -64,6 +64,7 @@ class StreamingModel:
             "batching",
             "workers",
             "max_queue_per_worker",
+            "max_queue_wait_ms",
             "elastic",
             "example",
         ):

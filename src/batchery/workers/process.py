@@ -22,7 +22,10 @@ from batchery.model import model_name
 log = logging.getLogger("batchery.workers")
 
 #: Batching settings read from the wrapped model (the engine reads them from this wrapper).
-_SETTINGS = ("version", "max_batch_size", "max_delay_ms", "batching", "workers", "max_queue_per_worker", "example")
+_SETTINGS = (
+    "version", "max_batch_size", "max_delay_ms", "batching", "workers", "max_queue_per_worker",
+    "max_queue_wait_ms", "example",
+)  # fmt: skip
 
 
 class WorkerCrashed(BatcheryError):
