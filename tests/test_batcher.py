@@ -136,6 +136,9 @@ async def test_full_queue_is_refused_at_once_with_retry_after() -> None:
 
 async def test_a_backlog_older_than_the_queue_wait_bound_refuses_new_requests_at_once() -> None:
     batcher = make("adaptive", size=1, max_queue_wait=0.05)
+    assert batcher.queue_wait_bound() is None  # not before the model's cost is known
+    for _ in range(4):
+        batcher.costs.observe(1, 0.001)
     submit(batcher, "running")
     queued = submit(batcher, "q1")
     submit(batcher, "q2")  # the backlog is fresh: admitted
@@ -156,6 +159,8 @@ async def test_a_backlog_older_than_the_queue_wait_bound_refuses_new_requests_at
 
 async def test_the_queue_wait_bound_is_per_client_and_never_below_two_full_batches() -> None:
     batcher = make("adaptive", size=1, max_queue_wait=0.05)
+    for _ in range(4):
+        batcher.costs.observe(1, 0.001)
     loop = asyncio.get_running_loop()
     batcher.submit([batcher.new_item("running", loop)], client="a")
     batcher.submit([batcher.new_item("a1", loop)], client="a")
@@ -163,7 +168,7 @@ async def test_the_queue_wait_bound_is_per_client_and_never_below_two_full_batch
     with pytest.raises(Overloaded):
         batcher.submit([batcher.new_item("a2", loop)], client="a")
     batcher.submit([batcher.new_item("b1", loop)], client="b")  # b has no backlog: its wait is one turn
-    for _ in range(4):
+    for _ in range(64):
         batcher.costs.observe(1, 0.2)  # a slow model: two batches take 0.4 s, longer than the 50 ms setting
     assert batcher.queue_wait_bound() == pytest.approx(0.4)
     batcher.submit([batcher.new_item("a3", loop)], client="a")  # a's 80 ms backlog is within 0.4 s now

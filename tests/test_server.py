@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import httpx
 import orjson
@@ -130,19 +131,35 @@ async def test_queue_full_gives_503_with_retry_after() -> None:
     assert refused[0].json()["error"]["code"] == "overloaded"
 
 
+class SleepsItsInput(SleepModel):
+    """Sleeps as many seconds as its (only) input says."""
+
+    name = "sleeps"
+    example = 0.0
+    workers = 1
+    max_batch_size = 1
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        time.sleep(float(batch[0]))
+        return list(batch)
+
+
 async def test_a_queue_waiting_past_its_time_bound_gives_503_at_once() -> None:
-    slow = SleepModel(0.3)
-    slow.workers = 1
-    slow.max_batch_size = 1
-    slow.max_queue_wait_ms = 100.0  # below two batches (0.6 s) once the cost is learnt; 100 ms before that
-    async with running_server([slow]) as server, httpx.AsyncClient(base_url=server.url, timeout=30) as http:
-        first = [asyncio.create_task(http.post("/v1/models/sleep/predict", json={"input": i})) for i in range(2)]
-        await asyncio.sleep(0.2)  # input 1 has waited 0.2 s behind input 0
+    model = SleepsItsInput()
+    model.max_queue_wait_ms = 150.0
+    url = "/v1/models/sleeps/predict"
+    async with running_server([model]) as server, httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        for _ in range(4):  # the bound holds once the batcher knows what a batch costs (here ~20 ms)
+            assert (await http.post(url, json={"input": 0.02})).status_code == 200
+        first = [asyncio.create_task(http.post(url, json={"input": seconds})) for seconds in (0.6, 0.02)]
+        await asyncio.sleep(0.3)  # the second input has waited 0.3 s behind the first
         started = time.monotonic()
-        refused = await http.post("/v1/models/sleep/predict", json={"input": "late"})
+        refused = await http.post(url, json={"input": 0.02})
         waited = time.monotonic() - started
         assert [r.status_code for r in await asyncio.gather(*first)] == [200, 200]
+        after = await http.post(url, json={"input": 0.02})  # the backlog is gone: admitted again
     assert refused.status_code == 503, refused.text
-    assert waited < 0.25, "refused only after waiting (queued, it would take >= 0.4 s), not at once"
+    assert waited < 0.25, "refused only after waiting (queued, it would take >= 0.3 s), not at once"
     assert refused.headers["retry-after"] == "1"
     assert "have waited" in refused.json()["error"]["message"]
+    assert after.status_code == 200

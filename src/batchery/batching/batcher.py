@@ -155,11 +155,13 @@ class Batcher:
         )
 
     def queue_wait_bound(self) -> float | None:
-        """The queue's bound in seconds: `max_queue_wait`, or two full batches of this model if they take longer."""
-        if self.max_queue_wait is None:
+        """The queue's bound in seconds: `max_queue_wait`, or two full batches of this model if they take longer.
+
+        None until the cost model is trained (a few batches): a slow model's first batches must not look like a
+        stalled queue. A model that never finishes a batch is bounded by the deadlines and the input bound.
+        """
+        if self.max_queue_wait is None or not self.costs.trained:
             return None
-        if not self.costs.trained:
-            return self.max_queue_wait
         return max(self.max_queue_wait, 2 * self.costs.cost(self.cap.value))
 
     def _refuse_backlogged(self, items: Sequence[Item], client: str, priority: int, now: float) -> None:
@@ -265,6 +267,9 @@ class Batcher:
             limit = queued
             if self.policy == "adaptive" and not wide:
                 limit = -(-queued // idle)  # spread over the free lanes: halves on two lanes finish sooner
+                fair = self._fair_share(now)
+                if fair is not None:
+                    limit = min(limit, fair)
             items = self._take(now, limit)
             if not items:
                 # Only cancelled or expired items were left: a drain may be waiting for exactly this (issue 11).
@@ -303,17 +308,28 @@ class Batcher:
         # of a batch that leaves the lanes out of step.
         if not self.costs.trained:
             return now
-        if self._returning and now < self._returns_until:
-            share = -(-(queued + self._returning) // len(self._idle))
-            if queued < min(cap, share):
-                return min(self._returns_until, oldest.enqueued_at + self.max_delay)
+        fair = self._fair_share(now)
+        if fair is not None and queued < min(cap, fair):
+            return self._before_deadlines(min(self._returns_until, oldest.enqueued_at + self.max_delay), cap)
         # Never wait when every lane is idle (a lone request goes at once), nor when the arrivals expected during
         # one batch's fixed cost would not add up.
         if len(self._idle) == len(self._lanes):
             return now
         if not worth_waiting(queued, cap, self.costs.fixed, self.arrivals.rate(now)):
             return now
-        latest = oldest.enqueued_at + min(self.max_delay, self.costs.fixed)
+        return self._before_deadlines(oldest.enqueued_at + min(self.max_delay, self.costs.fixed), cap)
+
+    def _fair_share(self, now: float) -> int | None:
+        """With clients expected back (closed loop), one lane's even share of every input in play: queued,
+        computing and returning. Lanes that each take their share stay evenly loaded; one that took more than
+        its share would keep that many clients, and the other lanes would run slivers. None: nobody expected.
+        """
+        if not self._returning or now >= self._returns_until:
+            return None
+        return -(-(len(self._queue) + self._running + self._returning) // len(self._lanes))
+
+    def _before_deadlines(self, latest: float, cap: int) -> float:
+        """`latest`, or sooner if a full batch started then would answer a queued input after its deadline."""
         soonest_deadline = min((i.deadline for i in self._queue.items() if i.deadline is not None), default=None)
         if soonest_deadline is not None:
             latest = min(latest, soonest_deadline - self.costs.cost(cap))
