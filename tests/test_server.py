@@ -146,7 +146,7 @@ class SleepsItsInput(SleepModel):
 
 async def test_a_queue_waiting_past_its_time_bound_gives_503_at_once() -> None:
     model = SleepsItsInput()
-    model.max_queue_wait_ms = 150.0
+    model.max_queue_wait_ms = 200.0  # above eight batches of 20 ms
     url = "/v1/models/sleeps/predict"
     async with running_server([model]) as server, httpx.AsyncClient(base_url=server.url, timeout=30) as http:
         for _ in range(4):  # the bound holds once the batcher knows what a batch costs (here ~20 ms)

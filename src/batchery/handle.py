@@ -47,7 +47,7 @@ class ModelInfo:
     batching: str
     queued: int
     load_seconds: float | None
-    #: The queue's time bound in ms (0: none); `queue_wait_bound_ms` is the one in force (>= two full batches).
+    #: The queue's time bound in ms (0: none); `queue_wait_bound_ms` is the one in force (>= eight full batches).
     max_queue_wait_ms: float = 0.0
     queue_wait_bound_ms: float | None = None
     batch_cap: int = 0

@@ -30,7 +30,7 @@ class Model:
     workers: int | None = None
     #: Inputs allowed to wait per worker before new requests get 503 (bounded queue).
     max_queue_per_worker: int = 1024
-    #: Time bound of the queue: once a client's oldest queued input has waited this long (or two full batches,
+    #: Time bound of the queue: once a client's oldest queued input has waited this long (or eight full batches,
     #: if those take longer), new requests get 503 at once. 0: no time bound.
     max_queue_wait_ms: float = 1000.0
     #: True when `predict` can use more threads: a batch that has the machine to itself is granted every

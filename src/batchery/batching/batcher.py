@@ -7,7 +7,7 @@ Event-driven, no polling: a batch is formed when an input arrives, a lane finish
   stops growing where its expected cost would make it miss the soonest deadline among its items.
 Expired and cancelled inputs are dropped before compute, inputs that cannot meet their deadline are refused at
 once, and a full queue sheds or refuses at once (scheduler.py). The queue is bounded in time as well as in
-inputs: once a client's oldest queued input has waited `max_queue_wait` (or two full batches, if longer), its
+inputs: once a client's oldest queued input has waited `max_queue_wait` (or eight full batches, if longer), its
 new requests are refused with 503 at once, so under overload the accepted ones wait a bounded time. The effective
 batch cap shrinks on out-of-memory and grows back (oom.py). Lanes can be swapped for a new model version while
 batches run.
@@ -31,6 +31,8 @@ from batchery.errors import BatcheryError, DeadlineExceeded, Overloaded, Predict
 from batchery.observer import NullObserver, Observer
 
 POLICIES = ("adaptive", "fixed")
+#: The queue's time bound is never below this many full batches of the model (see `Batcher.queue_wait_bound`).
+BATCHES_OF_WAIT = 8
 
 
 @dataclass(slots=True)
@@ -155,14 +157,17 @@ class Batcher:
         )
 
     def queue_wait_bound(self) -> float | None:
-        """The queue's bound in seconds: `max_queue_wait`, or two full batches of this model if they take longer.
+        """The queue's bound in seconds: `max_queue_wait`, or `BATCHES_OF_WAIT` full batches if they take longer.
+
+        A slow model (an OCR detector at half a second an image) has seconds of queue at modest concurrency,
+        and that queue is its normal state, not overload; a fast one is bounded by `max_queue_wait`.
 
         None until the cost model is trained (a few batches): a slow model's first batches must not look like a
         stalled queue. A model that never finishes a batch is bounded by the deadlines and the input bound.
         """
         if self.max_queue_wait is None or not self.costs.trained:
             return None
-        return max(self.max_queue_wait, 2 * self.costs.cost(self.cap.value))
+        return max(self.max_queue_wait, BATCHES_OF_WAIT * self.costs.cost(self.cap.value))
 
     def _refuse_backlogged(self, items: Sequence[Item], client: str, priority: int, now: float) -> None:
         """Refuse at once a request whose client's backlog already waits longer than the queue's time bound."""
