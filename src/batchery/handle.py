@@ -112,7 +112,7 @@ class ModelHandle:
         self.elastic = bool(getattr(model, "elastic", False)) and cpu_lanes == self.workers
         self.max_batch_size = int(setting("max_batch_size", 32))
         self.max_delay_ms = float(setting("max_delay_ms", 5.0))
-        self.max_queue_wait_ms = float(setting("max_queue_wait_ms", 1000.0))
+        self.max_queue_wait_ms = float(setting("max_queue_wait_ms", 0.0))
         self.policy = str(setting("batching", "adaptive"))
         self.status = "pending"
         self.load_seconds: float | None = None

@@ -31,8 +31,9 @@ class Model:
     #: Inputs allowed to wait per worker before new requests get 503 (bounded queue).
     max_queue_per_worker: int = 1024
     #: Time bound of the queue: once a client's oldest queued input has waited this long (or eight full batches,
-    #: if those take longer), new requests get 503 at once. 0: no time bound.
-    max_queue_wait_ms: float = 1000.0
+    #: if those take longer), new requests get 503 at once. 0 (default): no time bound, only the input bound.
+    #: Set it for a latency target; clients that re-send at once on a 503 turn refusals into wasted parsing.
+    max_queue_wait_ms: float = 0.0
     #: True when `predict` can use more threads: a batch that has the machine to itself is granted every
     #: core; read the grant with `batchery.granted_cores()` (during `setup`, it is the worker's share).
     elastic: bool = False
