@@ -158,6 +158,9 @@ async def test_a_queue_waiting_past_its_time_bound_gives_503_at_once() -> None:
         waited = time.monotonic() - started
         assert [r.status_code for r in await asyncio.gather(*first)] == [200, 200]
         after = await http.post(url, json={"input": 0.02})  # the backlog is gone: admitted again
+        listed = next(m for m in (await http.get("/v1/models")).json()["models"] if m["name"] == "sleeps")
+    assert listed["max_queue_wait_ms"] == 200.0
+    assert listed["queue_wait_bound_ms"] >= 200.0
     assert refused.status_code == 503, refused.text
     assert waited < 0.25, "refused only after waiting (queued, it would take >= 0.3 s), not at once"
     assert refused.headers["retry-after"] == "1"
