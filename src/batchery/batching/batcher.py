@@ -4,13 +4,15 @@ Event-driven, no polling: a batch is formed when an input arrives, a lane finish
 - "fixed": flush when `max_batch_size` inputs wait, or `max_delay` after the first one arrived.
 - "adaptive": a free lane takes what is queued now unless waiting pays off (policy.py: the arrivals expected
   during one batch's fixed cost outnumber the queue), bounded by `max_delay` and the queued deadlines; a batch
-  stops growing where its expected cost would make it miss the soonest deadline among its items.
+  stops growing where its expected cost would make it miss the soonest deadline among its items. Clients just
+  answered are expected back for a moment (closed loop): a free lane then takes, and briefly waits for, its even
+  share of every input in play, so the lanes stay evenly loaded.
 Expired and cancelled inputs are dropped before compute, inputs that cannot meet their deadline are refused at
-once, and a full queue sheds or refuses at once (scheduler.py). The queue is bounded in time as well as in
-inputs: once a client's oldest queued input has waited `max_queue_wait` (or eight full batches, if longer), its
-new requests are refused with 503 at once, so under overload the accepted ones wait a bounded time. The effective
-batch cap shrinks on out-of-memory and grows back (oom.py). Lanes can be swapped for a new model version while
-batches run.
+once, and a full queue sheds or refuses at once (scheduler.py). With `max_queue_wait` set, the queue is bounded in
+time as well as in inputs: once a client's oldest queued input has waited that long (or eight full batches, if
+longer), its new requests are refused with 503 at once, so under overload the accepted ones wait a bounded time.
+The effective batch cap shrinks on out-of-memory and grows back (oom.py). Lanes can be swapped for a new model
+version while batches run.
 """
 
 from __future__ import annotations

@@ -171,7 +171,7 @@ class TextRecognizer(Model):
     max_batch_size = 64
     # The heaviest stage (about half of an image's compute): one single-threaded lane per core, like the detector.
     # With one lane it could use one core only, and it ran while the detector's lanes were starved for images:
-    # 2.04 images/s at concurrency 16 against 2.41-2.76 with a lane per core (docs/performance.md).
+    # 2.04 images/s at concurrency 16 against 2.41-2.95 with a lane per core (docs/performance.md).
     threads = 1
     chunk = 8
     example = np.full((48, 192, 3), 255, dtype=np.uint8)
