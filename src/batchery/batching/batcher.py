@@ -305,11 +305,7 @@ class Batcher:
             return now
         if self.policy == "fixed":
             # A queued deadline pulls the flush forward: waiting out max_delay would answer it late (issue 11).
-            soonest = min((i.deadline for i in self._queue.items() if i.deadline is not None), default=None)
-            flush = oldest.enqueued_at + self.max_delay
-            if soonest is not None:
-                flush = min(flush, soonest - (self.costs.cost(cap) if self.costs.trained else 0.0))
-            return flush
+            return self._before_deadlines(oldest.enqueued_at + self.max_delay, cap)
         # adaptive: never wait before the cost model is trained. Inputs just answered are likely to come back
         # (closed-loop clients): a free lane waits for its share of them, briefly, rather than start a sliver
         # of a batch that leaves the lanes out of step.
@@ -336,10 +332,11 @@ class Batcher:
         return -(-(len(self._queue) + self._running + self._returning) // len(self._lanes))
 
     def _before_deadlines(self, latest: float, cap: int) -> float:
-        """`latest`, or sooner if a full batch started then would answer a queued input after its deadline."""
+        """`latest`, or sooner if a full batch started then would answer a queued input after its deadline
+        (until the cost model is trained, a batch counts as taking no time)."""
         soonest_deadline = min((i.deadline for i in self._queue.items() if i.deadline is not None), default=None)
         if soonest_deadline is not None:
-            latest = min(latest, soonest_deadline - self.costs.cost(cap))
+            latest = min(latest, soonest_deadline - (self.costs.cost(cap) if self.costs.trained else 0.0))
         return latest
 
     def _take(self, now: float, limit: int) -> list[Item]:
