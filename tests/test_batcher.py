@@ -124,6 +124,29 @@ async def test_a_free_lane_waits_briefly_for_the_clients_it_just_answered() -> N
     assert first.batches[-1].payloads == ["lone"]
 
 
+async def test_an_input_queued_while_every_lane_was_busy_waits_with_the_answered_clients() -> None:
+    batcher = make("adaptive", size=8, delay=0.05, lanes=2)
+    for size, seconds in [(1, 0.1), (2, 0.11), (4, 0.13), (8, 0.17)]:
+        batcher.costs.observe(size, seconds)
+    submit(batcher, *range(8))
+    first = lane(batcher, 0)
+    submit(batcher, "straggler")  # both lanes busy: it queues, and waits longer than max_delay for a lane
+    await asyncio.sleep(0.07)
+    assert len(first.batches) == 1
+    batcher.on_result(first, BatchResult(first.batches[0], [0] * 4, None, 0.13))  # type: ignore[arg-type]
+    assert len(first.batches) == 1  # not a batch of one: its four answered clients are expected back
+    for payload in ("r1", "r2", "r3", "r4"):
+        submit(batcher, payload)
+    assert first.batches[-1].payloads == ["straggler", "r1", "r2", "r3", "r4"]
+    batcher.on_result(first, BatchResult(first.batches[-1], [0] * 5, None, 0.13))  # type: ignore[arg-type]
+    first.got_batch.clear()
+    submit(batcher, "late")  # nobody else comes back: it goes at most max_delay after the lane became free
+    started = time.monotonic()
+    await asyncio.wait_for(first.got_batch.wait(), 1.0)
+    assert first.batches[-1].payloads == ["late"]
+    assert time.monotonic() - started < 0.05 + 0.25  # generous: a loaded CI machine is slow
+
+
 async def test_full_queue_is_refused_at_once_with_retry_after() -> None:
     batcher = make("adaptive", size=1, max_queue=2)
     submit(batcher, "running")

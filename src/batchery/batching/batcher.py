@@ -5,8 +5,8 @@ Event-driven, no polling: a batch is formed when an input arrives, a lane finish
 - "adaptive": a free lane takes what is queued now unless waiting pays off (policy.py: the arrivals expected
   during one batch's fixed cost outnumber the queue), bounded by `max_delay` and the queued deadlines; a batch
   stops growing where its expected cost would make it miss the soonest deadline among its items. Clients just
-  answered are expected back for a moment (closed loop): a free lane then takes, and briefly waits for, its even
-  share of every input in play, so the lanes stay evenly loaded.
+  answered are expected back for a moment (closed loop): a free lane then takes, and waits (at most `max_delay`)
+  for, its even share of every input in play, so the lanes stay evenly loaded.
 Expired and cancelled inputs are dropped before compute, inputs that cannot meet their deadline are refused at
 once, and a full queue sheds or refuses at once (scheduler.py). With `max_queue_wait` set, the queue is bounded in
 time as well as in inputs: once a client's oldest queued input has waited that long (or eight full batches, if
@@ -93,7 +93,7 @@ class Batcher:
         self._wide_running = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
-        #: Inputs answered within the last moment (`max_delay`, at most a batch of one's cost) whose clients have
+        #: Inputs answered within the last moment (`max_delay`, at most their batch's cost) whose clients have
         #: not sent a new one yet: a closed-loop client sends its next request as soon as it has its answer.
         self._returning = 0
         self._returns_until = 0.0
@@ -214,7 +214,8 @@ class Batcher:
         if now > self._returns_until:
             self._returning = 0
         self._returning += len(batch.items)
-        self._returns_until = now + min(self.max_delay, self.costs.cost(1))
+        # Wait for them at most `max_delay`, and never longer than computing them takes.
+        self._returns_until = now + min(self.max_delay, self.costs.cost(self._returning))
         self.observer.batch_done(self.name, result)
         self._dispatch()
         if self._drained is not None and self.in_flight == 0:
@@ -307,13 +308,15 @@ class Batcher:
             # A queued deadline pulls the flush forward: waiting out max_delay would answer it late (issue 11).
             return self._before_deadlines(oldest.enqueued_at + self.max_delay, cap)
         # adaptive: never wait before the cost model is trained. Inputs just answered are likely to come back
-        # (closed-loop clients): a free lane waits for its share of them, briefly, rather than start a sliver
-        # of a batch that leaves the lanes out of step.
+        # (closed-loop clients): a free lane waits for its share of them, at most `max_delay` after it became
+        # free, rather than start a sliver of a batch that leaves the lanes out of step. Inputs that queued
+        # while every lane was busy wait with them: flushing such a straggler alone at once would split one
+        # group of clients into two for good.
         if not self.costs.trained:
             return now
         fair = self._fair_share(now)
         if fair is not None and queued < min(cap, fair):
-            return self._before_deadlines(min(self._returns_until, oldest.enqueued_at + self.max_delay), cap)
+            return self._before_deadlines(self._returns_until, cap)
         # Never wait when every lane is idle (a lone request goes at once), nor when the arrivals expected during
         # one batch's fixed cost would not add up.
         if len(self._idle) == len(self._lanes):
@@ -325,9 +328,10 @@ class Batcher:
     def _fair_share(self, now: float) -> int | None:
         """With clients expected back (closed loop), one lane's even share of every input in play: queued,
         computing and returning. Lanes that each take their share stay evenly loaded; one that took more than
-        its share would keep that many clients, and the other lanes would run slivers. None: nobody expected.
+        its share would keep that many clients, and the other lanes would run slivers. None: nobody expected,
+        or the cost model is not trained yet (the first batches go as they come).
         """
-        if not self._returning or now >= self._returns_until:
+        if not self.costs.trained or not self._returning or now >= self._returns_until:
             return None
         return -(-(len(self._queue) + self._running + self._returning) // len(self._lanes))
 
