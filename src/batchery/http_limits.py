@@ -44,7 +44,7 @@ class LimitedHttpTools(HttpToolsProtocol):
         return type("LimitedHttpTools", (cls,), limits)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
         self._arm(self.header_timeout)  # a connection that never sends a byte must not stay open forever
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -109,3 +109,41 @@ class LimitedHttpTools(HttpToolsProtocol):
             self.cycle.disconnected = True  # the app, if running, reads a disconnect and its writes are dropped
         self.transport.write(_refusal(status, reason, code, message))
         self.transport.close()
+
+
+class CoalescingTransport:
+    """A transport that sends a response head and the body written right after it as one write (one syscall,
+    one TCP segment): uvicorn writes them separately. A write waits at most until the loop's next iteration."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._pending is None:
+            self._pending = bytes(data)
+            self._loop.call_soon(self._flush)
+        else:
+            self._pending += data
+
+    def writelines(self, chunks: Any) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
+    def _flush(self) -> None:
+        if self._pending is not None:
+            data, self._pending = self._pending, None
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
