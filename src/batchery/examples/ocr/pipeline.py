@@ -11,11 +11,10 @@ from batchery import images
 from batchery.examples.ocr.stages import (
     AngleClassifier,
     Detected,
-    Line,
     Oriented,
     TextDetector,
     TextRecognizer,
-    padding_ratios,
+    lines_for,
 )
 from batchery.pipeline import Pipeline, fan_out
 from batchery.pipeline.base import stage
@@ -53,8 +52,7 @@ class OcrPipeline(Pipeline):
         if self.classifier is not None:
             oriented: list[list[Oriented]] = await fan_out(engine, self.classifier.name, crops, deadline)
             crops = [[item.crop for item in group] for group in oriented]
-        lines = [[Line(c, r) for c, r in zip(group, padding_ratios(group), strict=True)] for group in crops]
-        read = await fan_out(engine, self.recognizer.name, lines, deadline)
+        read = await fan_out(engine, self.recognizer.name, [lines_for(group) for group in crops], deadline)
         return [self._lines(found, texts) for found, texts in zip(detected, read, strict=True)]
 
     async def _decode(self, data: bytes) -> Any:

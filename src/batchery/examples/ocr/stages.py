@@ -160,6 +160,11 @@ def padding_ratios(crops: list[Any], height: int = 48, width: int = 320, chunk: 
     return padded
 
 
+def lines_for(crops: list[Any]) -> list[Line]:
+    """One image's crops as the recogniser's `Line`s, each padded as rapidocr pads it (`padding_ratios`)."""
+    return [Line(crop, ratio) for crop, ratio in zip(crops, padding_ratios(crops), strict=True)]
+
+
 class TextRecognizer(Model):
     """SVTR recognition with CTC decoding: `Line`s in, (text, score) out.
 
