@@ -124,6 +124,17 @@ async def test_a_free_lane_waits_briefly_for_the_clients_it_just_answered() -> N
     assert first.batches[-1].payloads == ["lone"]
 
 
+async def test_a_single_lane_never_waits_for_the_clients_it_answered() -> None:
+    batcher = make("adaptive", size=8, delay=0.05, lanes=1)
+    for size, seconds in [(1, 0.1), (2, 0.11), (4, 0.13), (8, 0.17)]:
+        batcher.costs.observe(size, seconds)
+    submit(batcher, *range(4))
+    only = lane(batcher)
+    batcher.on_result(only, BatchResult(only.batches[0], [0] * 4, None, 0.13))  # type: ignore[arg-type]
+    submit(batcher, "r1")  # nothing to balance with one lane (a pipeline stage's inputs do not come back)
+    assert only.batches[-1].payloads == ["r1"]
+
+
 async def test_an_input_queued_while_every_lane_was_busy_waits_with_the_answered_clients() -> None:
     batcher = make("adaptive", size=8, delay=0.05, lanes=2)
     for size, seconds in [(1, 0.1), (2, 0.11), (4, 0.13), (8, 0.17)]:

@@ -5,8 +5,8 @@ Event-driven, no polling: a batch is formed when an input arrives, a lane finish
 - "adaptive": a free lane takes what is queued now unless waiting pays off (policy.py: the arrivals expected
   during one batch's fixed cost outnumber the queue), bounded by `max_delay` and the queued deadlines; a batch
   stops growing where its expected cost would make it miss the soonest deadline among its items. Clients just
-  answered are expected back for a moment (closed loop): a free lane then takes, and waits (at most `max_delay`)
-  for, its even share of every input in play, so the lanes stay evenly loaded.
+  answered are expected back for a moment (closed loop): with two lanes or more, a free lane takes, and waits
+  (at most `max_delay`) for, its even share of every input in play, so the lanes stay evenly loaded.
 Expired and cancelled inputs are dropped before compute, inputs that cannot meet their deadline are refused at
 once, and a full queue sheds or refuses at once (scheduler.py). With `max_queue_wait` set, the queue is bounded in
 time as well as in inputs: once a client's oldest queued input has waited that long (or eight full batches, if
@@ -26,7 +26,7 @@ from typing import Any
 
 from batchery.batching.lane import Lane
 from batchery.batching.oom import BatchCap, ItemError
-from batchery.batching.policy import ArrivalRate, CostModel, worth_waiting
+from batchery.batching.policy import ArrivalRate, CostModel, ReturningClients, worth_waiting
 from batchery.batching.records import Batch, BatchResult, Item
 from batchery.batching.scheduler import DEFAULT_CLIENT, Scheduler
 from batchery.errors import BatcheryError, DeadlineExceeded, Overloaded, PredictError
@@ -93,10 +93,9 @@ class Batcher:
         self._wide_running = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
-        #: Inputs answered within the last moment (`max_delay`, at most their batch's cost) whose clients have
-        #: not sent a new one yet: a closed-loop client sends its next request as soon as it has its answer.
-        self._returning = 0
-        self._returns_until = 0.0
+        #: Inputs just answered whose clients have not sent a new one yet: a closed-loop client sends its next
+        #: request as soon as it has its answer. Expected back within `max_delay`, at most their batch's cost.
+        self.returning = ReturningClients()
         self._drained: asyncio.Event | None = None
 
     def attach(self, lanes: Sequence[Lane]) -> list[Lane]:
@@ -148,7 +147,7 @@ class Batcher:
             self.stats.shed += len(shed)
             self.observer.rejected(self.name, "queue_full", len(shed))
         self.arrivals.observe(now, len(items))
-        self._returning = max(0, self._returning - len(items))
+        self.returning.arrived(len(items))
         self._dispatch()
 
     def _overloaded(self) -> Overloaded:
@@ -210,12 +209,8 @@ class Batcher:
             lane.stop()  # a previous version's lane: its last batch is done, release it
         self._answer(result)
         self._learn(result)
-        now = time.monotonic()
-        if now > self._returns_until:
-            self._returning = 0
-        self._returning += len(batch.items)
-        # Wait for them at most `max_delay`, and never longer than computing them takes.
-        self._returns_until = now + min(self.max_delay, self.costs.cost(self._returning))
+        # Its clients are expected back within `max_delay`, and never for longer than computing them took.
+        self.returning.answered(len(batch.items), time.monotonic(), lambda n: min(self.max_delay, self.costs.cost(n)))
         self.observer.batch_done(self.name, result)
         self._dispatch()
         if self._drained is not None and self.in_flight == 0:
@@ -316,7 +311,7 @@ class Batcher:
             return now
         fair = self._fair_share(now)
         if fair is not None and queued < min(cap, fair):
-            return self._before_deadlines(self._returns_until, cap)
+            return self._before_deadlines(self.returning.until, cap)
         # Never wait when every lane is idle (a lone request goes at once), nor when the arrivals expected during
         # one batch's fixed cost would not add up.
         if len(self._idle) == len(self._lanes):
@@ -328,12 +323,13 @@ class Batcher:
     def _fair_share(self, now: float) -> int | None:
         """With clients expected back (closed loop), one lane's even share of every input in play: queued,
         computing and returning. Lanes that each take their share stay evenly loaded; one that took more than
-        its share would keep that many clients, and the other lanes would run slivers. None: nobody expected,
-        or the cost model is not trained yet (the first batches go as they come).
+        its share would keep that many clients, and the other lanes would run slivers. None: nobody expected
+        (policy.ReturningClients), one lane only (nothing to balance), or the cost model is not trained yet.
         """
-        if not self.costs.trained or not self._returning or now >= self._returns_until:
+        returning = self.returning.expected(now)
+        if len(self._lanes) < 2 or not self.costs.trained or not returning:
             return None
-        return -(-(len(self._queue) + self._running + self._returning) // len(self._lanes))
+        return -(-(len(self._queue) + self._running + returning) // len(self._lanes))
 
     def _before_deadlines(self, latest: float, cap: int) -> float:
         """`latest`, or sooner if a full batch started then would answer a queued input after its deadline

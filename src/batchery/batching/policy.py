@@ -9,6 +9,7 @@ request goes at once; under load batches grow until n reaches λ·a, the cap, th
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 
 class CostModel:
@@ -67,6 +68,45 @@ class ArrivalRate:
         if self._last is None:
             return 0.0
         return float(self._rate * 0.5 ** (max(now - self._last, 0.0) / self._half_life))
+
+
+class ReturningClients:
+    """Inputs just answered whose clients are expected to send their next one at once (a closed loop), and how
+    often that held: a pipeline stage's inputs, or an open-loop load's, do not come back, and waiting for them
+    would only idle a lane. Expected back within a window after their answer; expected at all only while at
+    least half of them came back in time (an exponentially weighted share, updated as each window closes).
+    """
+
+    def __init__(self, weight: float = 0.2) -> None:
+        self._weight = weight
+        self._pending = 0
+        self._answered = 0
+        self.until = 0.0
+        self.share_back = 1.0
+
+    def answered(self, count: int, now: float, window: Callable[[int], float]) -> None:
+        """`count` inputs were just answered; they are expected back within `window(pending)` seconds."""
+        if now >= self.until:
+            self._close()
+        self._pending += count
+        self._answered += count
+        self.until = now + window(self._pending)
+
+    def arrived(self, count: int) -> None:
+        self._pending = max(0, self._pending - count)
+
+    def expected(self, now: float) -> int:
+        """How many answered inputs are still expected back now (0 once the window is over, or while the
+        clients have stopped coming back)."""
+        if now >= self.until or self.share_back < 0.5:
+            return 0
+        return self._pending
+
+    def _close(self) -> None:
+        if self._answered:
+            back = (self._answered - self._pending) / self._answered
+            self.share_back += self._weight * (back - self.share_back)
+        self._pending = self._answered = 0
 
 
 def worth_waiting(queued: int, cap: int, fixed_cost: float, rate: float) -> bool:
