@@ -3,6 +3,8 @@ a pipeline stage's inputs (policy.ReturningClients)."""
 
 from __future__ import annotations
 
+import pytest
+
 from batchery.batching.policy import ReturningClients
 
 
@@ -14,9 +16,12 @@ def test_answered_clients_are_expected_back_within_their_window_only() -> None:
     clients = ReturningClients()
     clients.answered(4, now=10.0, window=window)
     assert clients.expected(10.001) == 4
-    clients.arrived(3)
+    clients.arrived(3, now=10.002)
     assert clients.expected(10.002) == 1
     assert clients.expected(10.006) == 0  # the window is over
+    clients.arrived(1, now=10.007)  # too late to count as back
+    clients.answered(4, now=11.0, window=window)  # closes the first window: 3 of 4 came back in time
+    assert clients.share_back == pytest.approx(0.95)  # weight 0.2: 1.0 + 0.2 * (0.75 - 1.0)
 
 
 def test_clients_that_stop_coming_back_are_no_longer_waited_for_and_are_again_once_they_return() -> None:
@@ -33,7 +38,7 @@ def test_clients_that_stop_coming_back_are_no_longer_waited_for_and_are_again_on
     for _ in range(5):  # a closed loop again: every answered client is back in time
         now += 1.0
         clients.answered(8, now, window)
-        clients.arrived(8)
+        clients.arrived(8, now + 0.001)
     now += 1.0
     clients.answered(8, now, window)
     assert clients.expected(now) == 8

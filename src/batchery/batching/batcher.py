@@ -147,7 +147,7 @@ class Batcher:
             self.stats.shed += len(shed)
             self.observer.rejected(self.name, "queue_full", len(shed))
         self.arrivals.observe(now, len(items))
-        self.returning.arrived(len(items))
+        self.returning.arrived(len(items), now)
         self._dispatch()
 
     def _overloaded(self) -> Overloaded:

@@ -92,8 +92,10 @@ class ReturningClients:
         self._answered += count
         self.until = now + window(self._pending)
 
-    def arrived(self, count: int) -> None:
-        self._pending = max(0, self._pending - count)
+    def arrived(self, count: int, now: float) -> None:
+        """`count` new inputs arrived: answered clients coming back, if still within their window."""
+        if now < self.until:
+            self._pending = max(0, self._pending - count)
 
     def expected(self, now: float) -> int:
         """How many answered inputs are still expected back now (0 once the window is over, or while the
