@@ -52,6 +52,12 @@ def submit(batcher: Batcher, *payloads: Any, deadline: float | None = None) -> l
     return [item.future for item in items]
 
 
+def train_slow_costs(batcher: Batcher) -> None:
+    """Train the cost model on a slow model: a batch of one takes 0.1 s, a batch of eight 0.17 s."""
+    for size, seconds in [(1, 0.1), (2, 0.11), (4, 0.13), (8, 0.17)]:
+        batcher.costs.observe(size, seconds)
+
+
 def finish(batcher: Batcher, index: int = -1, error: BaseException | None = None) -> None:
     fake = lane(batcher)
     batch = fake.batches[index]
@@ -106,8 +112,7 @@ async def test_adaptive_policy_sends_a_lone_request_at_once_and_batches_while_bu
 
 async def test_a_free_lane_waits_briefly_for_the_clients_it_just_answered() -> None:
     batcher = make("adaptive", size=8, delay=0.05, lanes=2)
-    for size, seconds in [(1, 0.1), (2, 0.11), (4, 0.13), (8, 0.17)]:
-        batcher.costs.observe(size, seconds)  # a batch of one takes 0.1 s: longer than the 50 ms delay
+    train_slow_costs(batcher)  # a batch of one takes 0.1 s: longer than the 50 ms delay
     submit(batcher, *range(8))  # both lanes idle: spread, four each
     first, second = (lane(batcher, i) for i in (0, 1))
     assert [len(b.payloads) for b in first.batches + second.batches] == [4, 4]
@@ -126,8 +131,7 @@ async def test_a_free_lane_waits_briefly_for_the_clients_it_just_answered() -> N
 
 async def test_a_single_lane_never_waits_for_the_clients_it_answered() -> None:
     batcher = make("adaptive", size=8, delay=0.05, lanes=1)
-    for size, seconds in [(1, 0.1), (2, 0.11), (4, 0.13), (8, 0.17)]:
-        batcher.costs.observe(size, seconds)
+    train_slow_costs(batcher)
     submit(batcher, *range(4))
     only = lane(batcher)
     batcher.on_result(only, BatchResult(only.batches[0], [0] * 4, None, 0.13))  # type: ignore[arg-type]
@@ -137,8 +141,7 @@ async def test_a_single_lane_never_waits_for_the_clients_it_answered() -> None:
 
 async def test_an_input_queued_while_every_lane_was_busy_waits_with_the_answered_clients() -> None:
     batcher = make("adaptive", size=8, delay=0.05, lanes=2)
-    for size, seconds in [(1, 0.1), (2, 0.11), (4, 0.13), (8, 0.17)]:
-        batcher.costs.observe(size, seconds)
+    train_slow_costs(batcher)
     submit(batcher, *range(8))
     first = lane(batcher, 0)
     submit(batcher, "straggler")  # both lanes busy: it queues, and waits longer than max_delay for a lane
