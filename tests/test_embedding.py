@@ -17,6 +17,8 @@ SENTENCES = [
     "A considerably longer sentence, with punctuation; numbers like 42 and 3.14, and unusual words: zymurgy!",
     "Ünïcödé text and emoji 🚀 still embed.",
 ]
+#: More texts than one forward pass takes (`SentenceEmbedder.sub_batch`), each a different length, longest first.
+MIXED = [f"{SENTENCES[i % len(SENTENCES)]} {'and more words ' * (19 - i)}".strip() for i in range(20)]
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +26,14 @@ def reference() -> np.ndarray:
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(minilm_export.source_dir()), device="cpu")
-    embeddings: np.ndarray = model.encode(SENTENCES, normalize_embeddings=True)
+    embeddings: np.ndarray = model.encode(SENTENCES + MIXED, normalize_embeddings=True)
     return embeddings
+
+
+def cosines(served: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(served, axis=1) * np.linalg.norm(reference, axis=1)
+    result: np.ndarray = (served * reference).sum(axis=1) / norms
+    return result
 
 
 async def test_served_embeddings_match_sentence_transformers(reference: np.ndarray) -> None:
@@ -34,11 +42,11 @@ async def test_served_embeddings_match_sentence_transformers(reference: np.ndarr
         single = await http.post("/v1/models/all-minilm-l6-v2/predict", json={"input": SENTENCES[3]})
         bad = await http.post("/v1/models/all-minilm-l6-v2/predict", json={"inputs": ["fine", ""]})
         wrong_type = await http.post("/v1/models/all-minilm-l6-v2/predict", json={"input": 7})
+        mixed = await http.post("/v1/models/all-minilm-l6-v2/predict", json={"inputs": MIXED})
     assert batch.status_code == 200
     served = np.array(batch.json()["outputs"], dtype=np.float32)
     assert served.shape == (len(SENTENCES), 384)
-    cosine = (served * reference).sum(axis=1) / np.linalg.norm(served, axis=1) / np.linalg.norm(reference, axis=1)
-    assert cosine.min() >= 0.999, cosine
+    assert cosines(served, reference[: len(SENTENCES)]).min() >= 0.999
     assert np.allclose(np.linalg.norm(served, axis=1), 1.0, atol=1e-4)
     one = np.array(single.json()["output"], dtype=np.float32)
     assert float(one @ reference[3]) >= 0.999
@@ -46,6 +54,19 @@ async def test_served_embeddings_match_sentence_transformers(reference: np.ndarr
     assert "input 1: the text is empty" in bad.json()["error"]["message"]
     assert wrong_type.status_code == 422
     assert "expected a string" in wrong_type.json()["error"]["message"]
+    # One batch of 20 lengths runs as length-sorted forward passes; each text still gets its own embedding.
+    assert mixed.status_code == 200
+    assert cosines(np.array(mixed.json()["outputs"], dtype=np.float32), reference[len(SENTENCES) :]).min() >= 0.999
+
+
+def test_sorted_forward_passes_give_the_embeddings_of_one_padded_pass() -> None:
+    embedder = SentenceEmbedder()
+    embedder.setup("cpu")
+    sorted_passes = np.array(embedder.predict(MIXED))
+    embedder.sub_batch = len(MIXED)
+    one_pass = np.array(embedder.predict(MIXED))
+    assert sorted_passes.shape == one_pass.shape == (len(MIXED), 384)
+    assert np.abs(sorted_passes - one_pass).max() < 1e-5
 
 
 def test_a_corrupt_cached_graph_is_exported_again(
