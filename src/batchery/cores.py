@@ -37,3 +37,18 @@ def granted(cores: int) -> Iterator[None]:
         yield
     finally:
         _local.cores = previous
+
+
+_slots = threading.BoundedSemaphore(available())
+
+
+@contextmanager
+def core_slot() -> Iterator[None]:
+    """Hold one of this process's core slots (one per core) while a single-threaded native call computes.
+
+    A pipeline can have more single-threaded lanes than cores (the OCR example: five on two). Left alone, the OS
+    time-slices their calls on the same cores, and each switch evicts the other call's working set from the
+    core's cache; lanes that run their calls inside a slot compute as many at a time as there are cores.
+    """
+    with _slots:
+        yield

@@ -1,5 +1,9 @@
 """The three OCR stages as batchery models. Each lane owns one ONNX Runtime session sized to its core share.
 
+The five single-threaded lanes (two detector, one classifier, two recogniser) run their ONNX Runtime calls
+inside `cores.core_slot()`, two at a time on two cores (measured against free-running lanes in
+docs/performance.md, "OCR pipeline").
+
 rapidocr's pre/post-processing helpers are reused as they are (its classes are created without their
 `__init__`, which would load sessions of their own), so the text read is the text `RapidOCR()` reads.
 """
@@ -11,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from batchery.cores import granted_cores
+from batchery.cores import core_slot, granted_cores
 from batchery.examples.ocr import _rapidocr
 from batchery.model import Model
 from batchery.runtimes import onnx_impl
@@ -71,7 +75,8 @@ class TextDetector(Model):
                 by_shape.setdefault(tensor.shape, []).append(index)
         for indices in by_shape.values():  # one forward pass per distinct input size
             stacked = np.concatenate([prepared[i][0] for i in indices])
-            output = self.session.run(None, {self.input_name: stacked})[0]
+            with core_slot():
+                output = self.session.run(None, {self.input_name: stacked})[0]
             for row, i in enumerate(indices):
                 maps[i] = output[row : row + 1]
         return [self._boxes(image, prep, pred) for image, prep, pred in zip(batch, prepared, maps, strict=True)]
@@ -125,7 +130,8 @@ class AngleClassifier(Model):
         import cv2
 
         tensor = np.stack([self.helper.resize_norm_img(crop) for crop in batch]).astype(np.float32)
-        probabilities = self.session.run(None, {self.input_name: tensor})[0]
+        with core_slot():
+            probabilities = self.session.run(None, {self.input_name: tensor})[0]
         outputs = []
         for crop, (label, score) in zip(batch, self.postprocess(probabilities), strict=True):
             if "180" in label and score > self.threshold:
@@ -207,7 +213,8 @@ class TextRecognizer(Model):
             for start in range(0, len(members), self.chunk):
                 indices = members[start : start + self.chunk]
                 crops = [self.helper.resize_norm_img(lines[i].crop, ratio) for i in indices]
-                predictions = self.session.run(None, {self.input_name: np.stack(crops).astype(np.float32)})[0]
+                with core_slot():
+                    predictions = self.session.run(None, {self.input_name: np.stack(crops).astype(np.float32)})[0]
                 for i, (text, score) in zip(indices, self.decode(predictions), strict=True):
                     results[i] = (str(text), float(score))
         return results
