@@ -40,8 +40,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(command: list[str], port: int, ready_path: str) -> Iterator[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def server(command: list[str], port: int, ready_path: str, src: str | None = None) -> Iterator[str]:
+    """`command` running until the block ends, ready; `src`: a source tree to import batchery from instead."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*([src] if src else []), str(ROOT)])}
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
