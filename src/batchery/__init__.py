@@ -3,14 +3,14 @@
 from typing import TYPE_CHECKING, Any
 
 from batchery._version import __version__
-from batchery.cores import granted_cores
+from batchery.cores import core_slot, granted_cores
 from batchery.engine import Engine
 from batchery.model import Model
 
 if TYPE_CHECKING:
     from batchery.server import Server, serve
 
-__all__ = ["Engine", "Model", "Server", "__version__", "granted_cores", "serve"]
+__all__ = ["Engine", "Model", "Server", "__version__", "core_slot", "granted_cores", "serve"]
 
 
 def __getattr__(name: str) -> Any:
