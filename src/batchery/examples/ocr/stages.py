@@ -39,12 +39,14 @@ class Oriented:
 
 
 class TextDetector(Model):
-    """DB text detection: BGR image in, its boxes and crops out. Same-sized images share one forward pass."""
+    """DB text detection: BGR image in, its boxes and crops out. Same-sized images of a batch share a forward pass."""
 
     name = "ocr-det"
     #: ONNX Runtime intra-op threads per lane; None: the lane's share of the cores.
     threads: int | None = None
-    max_batch_size = 2  # measured: batches of 2 same-sized images beat 1 and 4 on 2 cores
+    # One image a forward pass: with core slots, batches of 2 same-sized images held a slot twice as long and made
+    # p99 25% worse at no gain in throughput (docs/performance.md, "OCR pipeline").
+    max_batch_size = 1
     example = np.full((64, 64, 3), 255, dtype=np.uint8)
 
     def setup(self, device: str) -> None:
