@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import httpx
 import numpy as np
 import pytest
@@ -79,3 +81,15 @@ def test_a_corrupt_cached_graph_is_exported_again(
     again = minilm_export.onnx_path()
     assert again == first
     assert again.stat().st_size > 1_000_000
+
+
+def test_lanes_exporting_at_once_into_an_empty_cache_share_one_export(
+    tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fresh machine: every lane of the default model calls onnx_path() at the same moment.
+    monkeypatch.setenv("BATCHERY_CACHE_DIR", str(tmp_path))
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        paths = list(pool.map(lambda _: minilm_export.onnx_path(), range(3)))
+    assert len(set(paths)) == 1
+    assert paths[0].stat().st_size > 1_000_000
+    assert not list(paths[0].parent.glob("*.tmp"))

