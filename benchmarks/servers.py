@@ -61,6 +61,10 @@ class Peer:
     paths: dict[str, str]  # workload -> URL path
     sweep: dict[str, list[Knobs]] = field(default_factory=dict)  # workload group -> configurations
 
+    def label(self, knobs: Knobs) -> str:
+        """What a result was measured with: batchery takes no knobs, so its rows say so (not `Knobs()`'s batch 1)."""
+        return knobs.label() if self.sweep else "its default configuration"
+
     def configs(self, workload: str, quick: bool) -> list[Knobs]:
         group = "noop" if workload == "noop" else "embed"
         found = self.sweep.get(group, [Knobs()])

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from benchmarks import loadgen, report_md, scenarios
-from benchmarks.servers import HERE, PEERS_ALL, ROOT, Knobs, bodies, running
+from benchmarks.servers import HERE, PEERS_ALL, ROOT, Knobs, Peer, bodies, running
 
 LOCK = Path("/tmp/batchery-bench.lock")
 LOADS = (1, 16, 64)
@@ -74,7 +74,7 @@ def measure_peer(peer_name: str, workload: str, args: argparse.Namespace, log_di
     peer = PEERS_ALL[peer_name]
     sweep: list[dict[str, Any]] = []
     for knobs in peer.configs(workload, args.quick):
-        log(f"{peer_name} {workload}: {knobs.label()}")
+        log(f"{peer_name} {workload}: {peer.label(knobs)}")
         try:
             with locked(), running(peer, workload, knobs, log_dir) as server:
                 result = _closed_block(server.url, workload, peer_name, LOADS, args.duration)
@@ -87,7 +87,7 @@ def measure_peer(peer_name: str, workload: str, args: argparse.Namespace, log_di
         time.sleep(args.pause)
     good = [s for s in sweep if "loads" in s]
     if not good:
-        return {"error": "; ".join(s["error"] for s in sweep), "sweep": _plain(sweep)}
+        return {"error": "; ".join(s["error"] for s in sweep), "sweep": _plain(peer, sweep)}
     best: dict[int, dict[str, Any]] = {}
     for c in LOADS:
         # At one connection latency matters; under load, throughput.
@@ -104,12 +104,12 @@ def measure_peer(peer_name: str, workload: str, args: argparse.Namespace, log_di
             except Exception as exc:
                 log(f"  repeat FAILED: {exc}")
             time.sleep(args.pause)
-    final = {str(c): {**_median(b["runs"]), "config": b["knobs"].label()} for c, b in best.items()}
-    return {"closed": final, "sweep": _plain(sweep)}
+    final = {str(c): {**_median(b["runs"]), "config": peer.label(b["knobs"])} for c, b in best.items()}
+    return {"closed": final, "sweep": _plain(peer, sweep)}
 
 
-def _plain(sweep: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{**s, "knobs": s["knobs"].label()} for s in sweep]
+def _plain(peer: Peer, sweep: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**s, "knobs": peer.label(s["knobs"])} for s in sweep]
 
 
 def open_sweep(
@@ -117,7 +117,7 @@ def open_sweep(
 ) -> list[dict[str, Any]]:
     peer = PEERS_ALL[peer_name]
     points = []
-    log(f"{peer_name} {workload}: open loop at {', '.join(f'{r:.0f}' for r in rates)} req/s ({knobs.label()})")
+    log(f"{peer_name} {workload}: open loop at {', '.join(f'{r:.0f}' for r in rates)} req/s ({peer.label(knobs)})")
     try:
         with locked(), running(peer, workload, knobs, log_dir) as server:
             body_list = bodies(peer.kind, workload)
