@@ -72,6 +72,47 @@ def test_decode_refuses_bad_images(data: bytes, error: type[Exception], says: st
         images.decode(data, images.ImageLimits(max_pixels=100 * 100))
 
 
+def _corrupt_samples() -> list[bytes]:
+    jpeg, bmp = png(40, 30, fmt="JPEG"), png(fmt="BMP")
+    samples = [png()[:20], jpeg[:10], jpeg[:100], jpeg[:200], bmp[:20], bmp[:40], b"BM" + bytes(range(60))]
+    samples += [b"\x89PNG\r\n\x1a\n" + b"garbage" * 10, b"RIFF\x00\x00\x00\x00WEBPVP8 " + b"\x00" * 30]
+    flipped = bytearray(bmp)
+    flipped[14:30] = b"\xff" * 16  # a BMP whose header claims nonsense
+    return [*samples, bytes(flipped)]
+
+
+@pytest.mark.parametrize("data", _corrupt_samples())
+def test_truncated_or_corrupt_images_of_an_accepted_format_are_422_not_500(data: bytes) -> None:
+    # Pillow raises OSError, SyntaxError, struct.error... from `open` as well as from decoding.
+    with pytest.raises((InvalidInput, UnsupportedMediaType, PayloadTooLarge)):
+        images.decode(data)
+
+
+def test_transparency_lies_on_white_and_16_bit_grey_is_scaled_not_clipped() -> None:
+    clear = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    clear.putpixel((0, 0), (0, 0, 0, 255))
+    buffer = io.BytesIO()
+    clear.save(buffer, "PNG")
+    rgb = images.decode(buffer.getvalue())
+    assert rgb[0, 0].tolist() == [0, 0, 0]  # the opaque black pixel
+    assert rgb[1, 1].tolist() == [255, 255, 255]  # transparent: white, not the black it was stored as
+
+    grey = Image.fromarray(np.full((4, 4), 32768, dtype=np.uint16))
+    buffer = io.BytesIO()
+    grey.save(buffer, "PNG")
+    assert Image.open(io.BytesIO(buffer.getvalue())).mode.startswith("I")
+    assert images.decode(buffer.getvalue())[0, 0].tolist() == [128, 128, 128]
+
+
+def test_request_pixel_budget_counts_every_image_from_its_header() -> None:
+    limits = images.ImageLimits(max_pixels=100 * 100, max_request_pixels=150 * 100)
+    images.check_request_pixels([png(100, 100)], limits)  # one image: its own limit applies
+    images.check_request_pixels([png(100, 50), png(100, 100)], limits)
+    with pytest.raises(PayloadTooLarge, match="per request"):
+        images.check_request_pixels([png(100, 100), png(100, 100)], limits)
+    assert images.pixels(png(30, 20)) == 600
+
+
 def test_decode_refuses_formats_not_allowed_and_bytes_over_limit() -> None:
     with pytest.raises(UnsupportedMediaType):
         images.decode(png(fmt="BMP"), images.ImageLimits(formats=frozenset({"PNG"})))

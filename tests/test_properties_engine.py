@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import threading
 import time
@@ -160,11 +161,16 @@ async def _run(model: RecordingModel, workers: int, load: list[Request]) -> tupl
 def _check(model: RecordingModel, outcomes: list[Outcome], cap: int) -> None:
     batches = list(model.batches)
     computed = [i for batch in batches for i in batch.ids]
-    assert len(computed) == len(set(computed)), "an input was computed twice"
-    assert all(1 <= len(batch.ids) <= cap for batch in batches), [len(b.ids) for b in batches]
     failing_inputs = {outcome.ids[-1] for outcome in outcomes if outcome.fails}
+    # A failing batch is retried in halves (batching/isolate.py): an input may be computed again after a batch
+    # that failed, but succeeds at most once.
+    succeeded = [i for batch in batches if not failing_inputs & set(batch.ids) for i in batch.ids]
+    assert len(succeeded) == len(set(succeeded)), "an input was computed twice"
+    assert all(1 <= len(batch.ids) <= cap for batch in batches), [len(b.ids) for b in batches]
     failing = {i for batch in batches if failing_inputs & set(batch.ids) for i in batch.ids}
     longest = max((batch.ended - batch.started for batch in batches), default=0.0)
+    # The calls one lane job makes at most: the batch, then two halves per level down to single inputs.
+    retries = 1 + 2 * math.ceil(math.log2(cap)) if cap > 1 else 1
     for outcome in outcomes:
         if outcome.cancelled and outcome.answers == 0:
             pass  # the task was cancelled before it reached the engine
@@ -177,12 +183,13 @@ def _check(model: RecordingModel, outcomes: list[Outcome], cap: int) -> None:
         if outcome.error is None:
             assert outcome.result == outcome.ids, "a request got outputs that are not its own"
         elif isinstance(outcome.error, PredictError):
-            assert set(outcome.ids) & failing, "a PredictError for a request that shared no batch with a failure"
+            assert outcome.fails, "a PredictError for a request with no failing input of its own"
         elif isinstance(outcome.error, DeadlineExceeded):
             assert outcome.deadline is not None
         if outcome.deadline is not None:
             late = outcome.finished - outcome.deadline
-            assert late <= longest + SLACK, f"answered {late:.3f}s past its deadline (longest batch {longest:.3f}s)"
+            allowed = longest * (retries if set(outcome.ids) & failing else 1) + SLACK
+            assert late <= allowed, f"answered {late:.3f}s past its deadline (longest batch {longest:.3f}s)"
 
 
 @pytest.mark.slow

@@ -11,6 +11,8 @@ import asyncio
 import base64
 import binascii
 import io
+import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +25,7 @@ from batchery.workers.cpu_pool import CpuPool
 MEDIA_TYPES = {
     "image/png": "PNG",
     "image/jpeg": "JPEG",
+    "image/jpg": "JPEG",  # not registered, but common
     "image/webp": "WEBP",
     "image/bmp": "BMP",
     "image/gif": "GIF",
@@ -38,6 +41,9 @@ class ImageLimits:
 
     max_bytes: int = 10 * 1024 * 1024
     max_pixels: int = 25_000_000
+    #: Pixels of all the images of one request together (None: no limit beyond `max_pixels` each). Many small
+    #: files that each pass `max_pixels` (a 12 KB PNG can hold 40 Mpx) would otherwise decode to gigabytes.
+    max_request_pixels: int | None = None
     formats: frozenset[str] = frozenset(MEDIA_TYPES.values())
 
 
@@ -89,36 +95,91 @@ def decode(data: bytes, limits: ImageLimits = DEFAULT_LIMITS, *, mode: str = "RG
     The size is checked from the header before any pixel is decoded, so a decompression bomb costs nothing.
     """
     try:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
     except ImportError as exc:
         raise ImportError("image inputs need Pillow: pip install 'batchery[images]'") from exc
+    image = _open(data, limits)
+    width, height = image.size
+    try:
+        if max_side is not None and max(width, height) > max_side:
+            image.draft(mode, (max_side, max_side))  # JPEG: decode at a reduced scale, much cheaper
+            image.thumbnail((max_side, max_side))
+        return np.asarray(_converted(image, mode))
+    except Image.DecompressionBombError as exc:
+        raise PayloadTooLarge(f"the image has too many pixels: {exc}") from exc
+    except _CORRUPT as exc:
+        raise InvalidInput(f"the image could not be decoded ({exc!r}); check that the file is complete") from exc
+
+
+def pixels(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> int:
+    """Width x height from the header alone (no pixel decoded), with `decode`'s checks and errors."""
+    width, height = _open(data, limits).size
+    return int(width * height)
+
+
+def check_request_pixels(datas: Sequence[bytes], limits: ImageLimits) -> None:
+    """Raise PayloadTooLarge (413) when one request's images hold more than `limits.max_request_pixels` together.
+
+    Reads headers only; blocking for many files, so call it where `decode` is called (off the loop).
+    """
+    if limits.max_request_pixels is None or len(datas) < 2:
+        return
+    total = sum(pixels(data, limits) for data in datas)
+    if total > limits.max_request_pixels:
+        raise PayloadTooLarge(
+            f"the request's {len(datas)} images hold {total} pixels together; the limit is "
+            f"{limits.max_request_pixels} per request. Send fewer or smaller images per request"
+        )
+
+
+#: What Pillow raises for truncated and corrupt data, from `open` as well as from decoding.
+_CORRUPT = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, ZeroDivisionError, struct.error)
+
+
+def _open(data: bytes, limits: ImageLimits) -> Any:
+    from PIL import Image, UnidentifiedImageError
+
     if len(data) > limits.max_bytes:
         raise PayloadTooLarge(f"the image has {len(data)} bytes; the limit is {limits.max_bytes}")
+    known = sniff(data)
     try:
         image = Image.open(io.BytesIO(data), formats=sorted(limits.formats))
     except UnidentifiedImageError as exc:
-        known = sniff(data)
         if known in limits.formats:
             raise InvalidInput(f"the {known} image could not be decoded; check that the file is complete") from exc
         accepted = ", ".join(sorted(limits.formats))
         raise UnsupportedMediaType(f"the file is not an image in an accepted format ({accepted})") from exc
     except Image.DecompressionBombError as exc:
         raise PayloadTooLarge(f"the image has too many pixels: {exc}") from exc
+    except _CORRUPT as exc:  # a known header followed by garbage: Pillow fails while reading it
+        what = f"the {known} image" if known else "the image"
+        raise InvalidInput(f"{what} could not be decoded ({exc!r}); check that the file is complete") from exc
     width, height = image.size
     if width * height > limits.max_pixels:
         raise PayloadTooLarge(
             f"the image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}. "
             "Send a smaller image"
         )
-    try:
-        if max_side is not None and max(width, height) > max_side:
-            image.draft(mode, (max_side, max_side))  # JPEG: decode at a reduced scale, much cheaper
-            image.thumbnail((max_side, max_side))
-        return np.asarray(image.convert(mode))
-    except Image.DecompressionBombError as exc:
-        raise PayloadTooLarge(f"the image has too many pixels: {exc}") from exc
-    except (OSError, SyntaxError, ValueError) as exc:  # Pillow reports truncated and corrupt data so
-        raise InvalidInput(f"the image could not be decoded ({exc}); check that the file is complete") from exc
+    return image
+
+
+def _converted(image: Any, mode: str) -> Any:
+    """`image` in `mode`, with transparency laid on white and 16/32-bit grey scaled down, not clipped to white.
+
+    Pillow's plain `convert` drops an alpha channel (transparent pixels keep whatever colour they hold, often
+    black, so black text on a transparent background vanishes) and clips 16-bit values above 255 to white.
+    """
+    from PIL import Image
+
+    if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
+        wide = np.asarray(image).astype(np.uint32)
+        image = Image.fromarray((np.minimum(wide, 65535) >> 8).astype(np.uint8), "L")
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    if has_alpha and "A" not in mode:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    return image.convert(mode)
 
 
 def sniff(data: bytes) -> str | None:

@@ -176,6 +176,7 @@ class _Collector:
             "batchery_worker_restarts", "Worker processes restarted after they died", labels=("model",)
         )
         if m.engine is not None:
+            from batchery.workers.cpu_pool import restarts as pool_restarts
             from batchery.workers.process import restarts as worker_restarts
 
             for handle in m.engine.handles.values():
@@ -187,6 +188,8 @@ class _Collector:
                 reloads.add_metric((handle.name, "failed"), handle.reload_failures)
                 ooms.add_metric((handle.name,), handle.batcher.stats.oom_events)
                 cap.add_metric((handle.name,), handle.batcher.cap.value)
+            for pipeline in m.engine.pipelines.values():  # their CPU steps' process pools
+                restarts.add_metric((pipeline.name,), pool_restarts(pipeline.pipeline))
         yield depth
         yield load
         yield reloads

@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from batchery.batching.oom import ItemError, predict_splitting
+from batchery.batching.isolate import predict_isolating
+from batchery.batching.oom import ItemError
 from batchery.batching.records import Batch, BatchResult
 from batchery.cores import granted
 from batchery.errors import PredictError
@@ -85,7 +86,7 @@ class Lane:
         failed_sizes: list[int] = []
         try:
             with granted(batch.cores):
-                outputs = predict_splitting(self._checked_predict, batch.payloads, failed_sizes)
+                outputs = predict_isolating(self._checked_predict, batch.payloads, failed_sizes, self.model_name)
             encode = model.encode_response
             encoded = [output if isinstance(output, ItemError) else encode(output) for output in outputs]
         except Exception as exc:  # one bad batch must never end the lane

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from batchery.errors import ConfigError, InvalidInput
+from batchery.gathering import gather_or_cancel
 from batchery.model import model_name
 from batchery.pipeline.base import Pipeline, stage
 from batchery.pipeline.remote import RemoteClient
@@ -78,10 +79,10 @@ class Sequential(Pipeline):
         values = payloads
         for step in self.steps:
             if isinstance(step, AsyncStep):
-                values = await _each(step.fn(value, self.remote) for value in values)
+                values = await gather_or_cancel(step.fn(value, self.remote) for value in values)
             elif isinstance(step, CpuStep):
                 try:
-                    values = await _each(step.pool.run(step.fn, value) for value in values)
+                    values = await step.pool.map(step.fn, values)  # all admitted or none (413 if never)
                 except (ValueError, TypeError) as exc:  # the step's verdict on a bad input, as decode_request's
                     raise InvalidInput(f"{getattr(step.fn, '__name__', 'a CPU step')} refused an input: {exc}") from exc
             else:
@@ -93,14 +94,3 @@ class Sequential(Pipeline):
         for step in self.steps:
             if isinstance(step, CpuStep):
                 step.pool.close()
-
-
-async def _each(awaitables: Any) -> list[Any]:
-    """Await all concurrently, in order; on the first failure cancel the rest and raise it."""
-    tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,10 @@ def package() -> Any:
     return rapidocr_onnxruntime
 
 
+@functools.cache
 def config() -> dict[str, Any]:
-    """rapidocr's own `config.yaml`, so that our stages read text exactly as `RapidOCR()` does."""
+    """rapidocr's own `config.yaml`, so that our stages read text exactly as `RapidOCR()` does (read once; the
+    stages only read it)."""
     from rapidocr_onnxruntime.utils import read_yaml
 
     root = Path(package().__file__).parent

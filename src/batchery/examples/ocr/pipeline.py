@@ -29,7 +29,7 @@ class OcrPipeline(Pipeline):
 
     name = "ocr"
     version = "rapidocr-ppocrv4"
-    image_limits = images.ImageLimits(max_bytes=20 * 1024 * 1024, max_pixels=40_000_000)
+    image_limits = images.ImageLimits(max_bytes=20 * 1024 * 1024, max_pixels=40_000_000, max_request_pixels=80_000_000)
     #: Lines read with a lower mean confidence are dropped (rapidocr's `text_score`).
     text_score = 0.5
 
@@ -46,6 +46,7 @@ class OcrPipeline(Pipeline):
         return images.from_json(item, self.image_limits)
 
     async def run(self, engine: Engine, payloads: list[Any], deadline: float | None) -> list[Any]:
+        await self.decoding.run(images.check_request_pixels, payloads, self.image_limits)
         pictures = await asyncio.gather(*(self._decode(data) for data in payloads))
         detected: list[Detected] = await stage(engine, self.detector.name, pictures, deadline)
         crops = [found.crops for found in detected]
@@ -57,6 +58,7 @@ class OcrPipeline(Pipeline):
 
     async def _decode(self, data: bytes) -> Any:
         rgb = await images.decode_async(data, self.image_limits, pool=self.decoding)
+        self.detector.check_size(rgb.shape[0], rgb.shape[1])  # before a tensor of gigabytes is built
         return np.ascontiguousarray(rgb[:, :, ::-1])  # the models were trained on BGR, as OpenCV reads
 
     def _lines(self, found: Detected, texts: list[tuple[str, float]]) -> dict[str, Any]:

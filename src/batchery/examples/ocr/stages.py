@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from batchery.cores import core_slot, granted_cores
+from batchery.errors import InvalidInput
 from batchery.examples.ocr import _rapidocr
 from batchery.model import Model
 from batchery.runtimes import onnx_impl
@@ -36,6 +37,28 @@ class Oriented:
     crop: Any
     label: str
     score: float
+
+
+def _scaled(h: int, w: int, ratio: float) -> tuple[int, int]:
+    """rapidocr's resize arithmetic: scale, then round each side to a multiple of 32."""
+    return int(round(int(h * ratio) / 32) * 32), int(round(int(w * ratio) / 32) * 32)
+
+
+def crop_array(item: Any, what: str) -> Any:
+    """`item` when it is an HxWx3 uint8 array (a KServe V2 UINT8 tensor, or what the pipeline hands a stage).
+
+    The stages are reachable on their own routes; anything else sent there is refused (422) instead of failing
+    inside `predict`.
+    """
+    if not isinstance(item, np.ndarray) or item.dtype != np.uint8 or item.ndim != 3 or item.shape[2] != 3:
+        got = f"an array of {item.dtype} {list(item.shape)}" if isinstance(item, np.ndarray) else type(item).__name__
+        raise ValueError(
+            f"this OCR stage takes {what} as an HxWx3 uint8 array (BGR), got {got}; "
+            "to read an image, send it to /v1/models/ocr/predict"
+        )
+    if min(item.shape[:2]) < 1:
+        raise ValueError(f"the array is {item.shape[1]}x{item.shape[0]} pixels: empty")
+    return item
 
 
 class TextDetector(Model):
@@ -67,6 +90,47 @@ class TextDetector(Model):
         self.detector.mean, self.detector.std = det["mean"], det["std"]
         keys = ("thresh", "box_thresh", "max_candidates", "unclip_ratio", "use_dilation", "score_mode")
         self.postprocess = DBPostProcess(**{key: det[key] for key in keys})
+
+    #: The largest input the detector's network is given. rapidocr scales an image so that its shorter side
+    #: reaches 736 pixels (after scaling tiny images up to 30): an elongated image (1x1000, 3000x2) becomes a
+    #: tensor of hundreds of megapixels and gigabytes, enough to kill the process. Such images are refused.
+    max_input_pixels = 16_000_000
+
+    def input_shape(self, height: int, width: int) -> tuple[int, int]:
+        """The (height, width) the network would be given for an image of this size, computed as rapidocr
+        resizes and letterboxes it (`RapidOCR.preprocess`, `maybe_add_letterbox`, `DetPreProcess.resize`)."""
+        glob, det = _rapidocr.config()["Global"], _rapidocr.config()["Det"]
+        h, w = height, width
+        if max(h, w) > glob["max_side_len"]:
+            h, w = _scaled(h, w, glob["max_side_len"] / max(h, w))
+        if 0 < min(h, w) < glob["min_side_len"]:
+            h, w = _scaled(h, w, glob["min_side_len"] / min(h, w))
+        ratio = glob["width_height_ratio"]
+        if h > 0 and (h <= glob["min_height"] or w / h > ratio > 0):
+            padded = max(int(w / ratio), glob["min_height"]) * 2
+            h += 2 * int(abs(padded - h) / 2)
+        if det["limit_type"] == "min" and 0 < min(h, w) < det["limit_side_len"]:
+            h, w = _scaled(h, w, det["limit_side_len"] / min(h, w))
+        return h, w
+
+    def check_size(self, height: int, width: int) -> None:
+        """Raise InvalidInput (422) for an image the detector cannot take (too thin, or too elongated)."""
+        h, w = self.input_shape(height, width)
+        if h <= 0 or w <= 0:
+            raise InvalidInput(f"the image is {width}x{height} pixels: too thin to look for text in")
+        if h * w > self.max_input_pixels:
+            raise InvalidInput(
+                f"the image is {width}x{height} pixels: the text detector would have to work on {w}x{h} "
+                f"({h * w} pixels; the limit is {self.max_input_pixels}). Crop or pad such elongated images"
+            )
+
+    def decode_request(self, item: Any) -> Any:
+        image = crop_array(item, "an image")
+        try:
+            self.check_size(image.shape[0], image.shape[1])
+        except InvalidInput as exc:
+            raise ValueError(exc.message) from exc
+        return image
 
     def predict(self, batch: list[Any]) -> list[Any]:
         prepared = [self._prepare(image) for image in batch]
@@ -127,6 +191,9 @@ class AngleClassifier(Model):
         self.helper.cls_image_shape = cls["cls_image_shape"]
         self.threshold = float(cls["cls_thresh"])
         self.postprocess = ClsPostProcess(cls["label_list"])
+
+    def decode_request(self, item: Any) -> Any:
+        return crop_array(item, "a text-line crop")
 
     def predict(self, batch: list[Any]) -> list[Any]:
         import cv2
@@ -201,6 +268,9 @@ class TextRecognizer(Model):
         self.helper.rec_image_shape = rec["rec_img_shape"]
         characters = self.session.get_modelmeta().custom_metadata_map["character"].splitlines()
         self.decode = CTCLabelDecode(character=characters)
+
+    def decode_request(self, item: Any) -> Any:
+        return item if isinstance(item, Line) else crop_array(item, "a text-line crop")
 
     def predict(self, batch: list[Any]) -> list[Any]:
         _, height, width = self.helper.rec_image_shape
