@@ -6,7 +6,7 @@ import pytest
 
 from batchery.engine import Engine
 from batchery.errors import ConfigError
-from batchery.spec import ModelSpec, Served, from_env, resolve_devices
+from batchery.spec import OVERRIDABLE, ModelSpec, Served, from_env, resolve_devices
 from batchery.testing import EchoModel
 
 
@@ -57,3 +57,53 @@ def test_default_threads_share_the_cores_among_workers() -> None:
     assert handle.threads_per_worker == 1
     handle = Engine([Served(EchoModel(), ModelSpec(devices="cpu", workers=2))], cores_available=8).handle("echo")
     assert handle.threads_per_worker == 4
+
+
+def test_a_variable_belongs_to_the_longest_model_name_it_matches(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {"BATCHERY_MODEL_A_B_MAX_BATCH_SIZE": "3", "BATCHERY_MODEL_A_MAX_DELAY_MS": "7"}
+    assert from_env("a", env) == ModelSpec(max_delay_ms=7)
+    assert from_env("a-b", env) == ModelSpec(max_batch_size=3)
+    # A model name that ends like a setting still gets only its own variables.
+    env = {"BATCHERY_MODEL_A_WORKERS": "1", "BATCHERY_MODEL_A_WORKERS_MAX_BATCH_SIZE": "5"}
+    assert from_env("a", env) == ModelSpec(workers=1)
+    assert from_env("a-workers", env) == ModelSpec(max_batch_size=5)
+    with pytest.raises(ConfigError, match="unknown setting"):
+        from_env("a", {"BATCHERY_MODEL_A_B_SPEED": "fast"})
+    monkeypatch.setenv("BATCHERY_MODEL_A_B_MAX_BATCH_SIZE", "3")
+    served = [Served(EchoModel(), ModelSpec(name="a")), Served(EchoModel(), ModelSpec(name="a-b"))]
+    engine = Engine(served, cores_available=2)
+    assert engine.handle("a-b").max_batch_size == 3
+    assert engine.handle("a").max_batch_size == EchoModel.max_batch_size
+
+
+def test_no_setting_name_ends_with_another_so_variables_split_one_way() -> None:
+    # from_env reads the setting off the end of a variable's name; "x_workers" beside "workers" would be ambiguous.
+    for setting in OVERRIDABLE:
+        assert not [other for other in OVERRIDABLE if setting.endswith("_" + other)]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("MAX_BATCH_SIZE", "2.7", "max_batch_size must be an integer, not '2.7'"),
+        ("MAX_QUEUE_PER_WORKER", "0", "max_queue_per_worker must be >= 1, not 0"),
+        ("THREADS_PER_WORKER", "-1", "threads_per_worker must be >= 1, not -1"),
+        ("THREADS_PER_WORKER", "0", "threads_per_worker must be >= 1, not 0"),
+        ("MAX_QUEUE_WAIT_MS", "nan", "max_queue_wait_ms must be >= 0, not nan"),
+    ],
+)
+def test_out_of_range_variables_are_refused_at_start_up(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, says: str
+) -> None:
+    monkeypatch.setenv(f"BATCHERY_MODEL_ECHO_{variable}", value)
+    with pytest.raises(ConfigError) as info:
+        Engine([EchoModel()], cores_available=2)
+    assert info.value.message == f"environment (BATCHERY_MODEL_ECHO_*): {says}"
+
+
+def test_specs_in_python_are_checked_too() -> None:
+    with pytest.raises(ConfigError, match="max_queue_per_worker must be >= 1, not 0"):
+        ModelSpec(max_queue_per_worker=0)
+    with pytest.raises(ConfigError, match="max_delay_ms must be >= 0"):
+        ModelSpec(max_delay_ms=-1.0)
+    assert ModelSpec(threads_per_worker=1, max_queue_per_worker=1, max_delay_ms=0.0).threads_per_worker == 1

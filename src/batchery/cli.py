@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from batchery.config import Settings, env_name
+from batchery.config import Settings, env_name, parse_bool, yield_to_env
 from batchery.errors import BatcheryError
 
 
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     for f in dataclasses.fields(Settings):
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{f.metadata['help']} (env {env_name(f.name)}, default {f.default!r})"
-        kind = _truthy if isinstance(f.default, bool) else type(f.default)  # bool("false") would be True
+        kind = _boolean if isinstance(f.default, bool) else type(f.default)  # bool("false") would be True
         serve.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
     from batchery.bench import cli as bench_cli
 
@@ -33,8 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _truthy(raw: str) -> bool:
-    return raw.strip().lower() in ("1", "true", "yes", "on")
+def _boolean(raw: str) -> bool:
+    try:
+        return parse_bool(raw)
+    except ValueError as exc:  # argparse shows this message, exits 2
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,9 +67,9 @@ def _serve(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     models: list[Any] = []
     for target in args.targets:
-        if target.endswith(".toml"):  # a config file: its [server] settings yield to flags given here
+        if target.endswith(".toml"):  # a config file: its [server] settings yield to BATCHERY_* and to flags
             server_settings, entries = config_file.load(target)
-            overrides.update(server_settings)
+            overrides.update(yield_to_env(server_settings))
             models.extend(entries)
         else:
             models.append(served(target))

@@ -61,6 +61,8 @@ class Settings:
     redis_timeout_ms: float = _setting(50.0, "a Redis call slower than this is abandoned and Redis bypassed for 1 s")
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            check_type(f.name, getattr(self, f.name))
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be between 0 and 65535, not {self.port}")
         if self.log_level not in ("debug", "info", "warning", "error"):
@@ -136,11 +138,49 @@ def env_name(field_name: str) -> str:
     return f"BATCHERY_{field_name.upper()}"
 
 
+def yield_to_env(values: Mapping[str, Any], env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """`values` (a config file's `[server]` table) less the settings a `BATCHERY_*` variable sets: env beats a file."""
+    env = os.environ if env is None else env
+    return {key: value for key, value in values.items() if env_name(key) not in env}
+
+
+#: What a setting's type is called in messages.
+_KIND_NAMES: dict[type[Any], str] = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def check_type(name: str, value: Any) -> None:
+    """Refuse a value of the wrong type for the setting `name`: `port = "8112"` or `watch = "no"` in a file.
+
+    Strings are never read as booleans ("false" would be truthy) and booleans never count as numbers.
+    """
+    kind: type[Any] = type(Settings.__dataclass_fields__[name].default)
+    if isinstance(value, bool):
+        ok = kind is bool
+    elif kind is float:
+        ok = isinstance(value, (int, float))
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        hint = "; write it without quotes" if isinstance(value, str) else ""
+        raise ConfigError(f"{name} must be {_KIND_NAMES[kind]}, not {value!r}{hint}")
+
+
+def parse_bool(raw: str) -> bool:
+    """A boolean from text, strictly: 1/true/yes/on or 0/false/no/off (any case); anything else is a ValueError."""
+    word = raw.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{raw!r} is not a boolean: use true or false")
+
+
 def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
     kind: type[Any] = type(f.default)
     try:
         if kind is bool:
-            return raw.strip().lower() in ("1", "true", "yes", "on")
+            return parse_bool(raw)
         return kind(raw)
     except ValueError as exc:
-        raise ConfigError(f"{env_name(f.name)}={raw!r} is not a valid {kind.__name__}") from exc
+        hint = "true or false" if kind is bool else _KIND_NAMES[kind]
+        raise ConfigError(f"{env_name(f.name)}={raw!r} is not valid: use {hint}") from exc

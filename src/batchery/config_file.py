@@ -24,13 +24,13 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from batchery.config import Settings
+from batchery.config import Settings, check_type
 from batchery.errors import ConfigError
 from batchery.spec import ModelSpec, Served
 
 
 def load(path: str | Path) -> tuple[dict[str, Any], list[Served]]:
-    """The `[server]` settings (as overrides) and the models a config file lists."""
+    """The `[server]` settings (checked for type; BATCHERY_* variables and flags beat them) and the models listed."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
@@ -42,9 +42,16 @@ def load(path: str | Path) -> tuple[dict[str, Any], list[Served]]:
     if unknown:
         raise ConfigError(f"{path}: unknown table(s) {', '.join(sorted(unknown))}; use [server] and [[models]]")
     server = data.get("server", {})
+    if not isinstance(server, dict):
+        raise ConfigError(f"{path}: server must be a table: write [server] with one setting per line below it")
     known = {f.name for f in dataclasses.fields(Settings)}
-    if not isinstance(server, dict) or set(server) - known:
+    if set(server) - known:
         raise ConfigError(f"{path}: unknown [server] setting(s): {', '.join(sorted(set(server) - known))}")
+    for key, value in server.items():
+        try:
+            check_type(key, value)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: [server] {exc.message}") from exc
     entries = data.get("models", [])
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{path}: list at least one model as [[models]] with a target")

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
+import re
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from batchery.errors import ConfigError
 from batchery.spec import ModelSpec, Served
+from batchery.workers import file_modules
 
 BUILTIN = {
     "embedding": "batchery.models.embedding:SentenceEmbedder",
     "ocr": "batchery.examples.ocr:OcrPipeline",  # issue 7: the OCR pipeline example
 }
+
+#: The module each model file was last executed as, and how many times it was executed, by resolved path.
+_executed: dict[Path, ModuleType] = {}
+_executions: dict[Path, int] = {}
 
 
 def served(target: str, spec: ModelSpec | None = None) -> Served:
@@ -46,16 +54,42 @@ def _import(module_part: str, fresh: bool = False) -> Any:
         path = Path(module_part).resolve()
         if not path.is_file():
             raise ConfigError(f"no such file: {path}")
-        name = f"batchery_user_{path.stem}"
+        if not fresh and path in _executed:
+            return _executed[path]  # executed once for all its targets, so that their objects pickle together
+        name = _module_name(path)
         spec = importlib.util.spec_from_file_location(name, path)
         if spec is None or spec.loader is None:
             raise ConfigError(f"cannot import {path}")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module  # lets copy.deepcopy and pickling find the class again
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except (ImportError, SyntaxError) as exc:
+            raise ConfigError(_import_failure(str(path), exc)) from exc
+        _executed[path] = module
+        file_modules.register(name, str(path))  # spawned children (process pools) import it by this name
         return module
     try:
         module = importlib.import_module(module_part)
         return importlib.reload(module) if fresh else module
-    except ImportError as exc:
-        raise ConfigError(f"cannot import {module_part!r}: {exc}") from exc
+    except (ImportError, SyntaxError) as exc:
+        raise ConfigError(_import_failure(repr(module_part), exc)) from exc
+
+
+def _module_name(path: Path) -> str:
+    """A module name of this file's own: two files with one stem must not share it, and each hot reload (which
+    executes the file again) gets a new one, so objects built by an earlier execution still pickle by name."""
+    digest = hashlib.sha1(str(path).encode(), usedforsecurity=False).hexdigest()[:8]
+    stem = re.sub(r"\W", "_", path.stem)  # a dot or dash in the file name must not make it a package path
+    name = f"batchery_user_{stem}_{digest}"
+    count = _executions[path] = _executions.get(path, 0) + 1
+    return name if count == 1 else f"{name}_{count}"
+
+
+def _import_failure(what: str, exc: ImportError | SyntaxError) -> str:
+    """One line that says why `what` could not be imported and what to do about it."""
+    if isinstance(exc, SyntaxError):
+        where = f"{exc.filename}, line {exc.lineno}" if exc.filename else f"line {exc.lineno}"
+        return f"cannot import {what}: {type(exc).__name__} at {where}: {exc.msg}. Fix the code and try again"
+    hint = f" (is {exc.name!r} installed, and is its name right?)" if isinstance(exc, ModuleNotFoundError) else ""
+    return f"cannot import {what}: {exc}{hint}"

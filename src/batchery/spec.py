@@ -31,6 +31,35 @@ OVERRIDABLE: dict[str, type] = {
 }
 
 
+#: Settings that must be at least 1 where set: a queue of 0 refuses every request, -1 threads is no thread count.
+_AT_LEAST_ONE = (
+    "max_batch_size",
+    "workers",
+    "max_queue_per_worker",
+    "max_batch_cost",
+    "workers_per_device",
+    "threads_per_worker",
+)
+
+
+def _typed(key: str, value: Any, where: str) -> Any:
+    """`value` as the type `key` takes: text (from the environment) is parsed, anything else must already be that
+    type, so 2.7 never becomes 2, ["x"] never becomes a name and true never becomes 1."""
+    kind = OVERRIDABLE[key]
+    if isinstance(value, str) and kind is not str:
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    elif isinstance(value, kind) and not isinstance(value, bool):
+        return value
+    elif kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    article = "an integer" if kind is int else "a number" if kind is float else "a string"
+    hint = ' (quote it: "...")' if kind is str and isinstance(value, (int, float)) else ""
+    raise ConfigError(f"{where}: {key} must be {article}, not {value!r}{hint}")
+
+
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
     """How one model is served."""
@@ -51,8 +80,19 @@ class ModelSpec:
     #: Intra-op threads of each CPU worker (its share of the cores); default: cores // workers.
     threads_per_worker: int | None = None
 
+    def __post_init__(self) -> None:
+        for key in _AT_LEAST_ONE:
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"{key} must be >= 1, not {value!r}")
+        for key in ("max_delay_ms", "max_queue_wait_ms"):
+            value = getattr(self, key)
+            if value is not None and not value >= 0:  # `not >=` also refuses NaN
+                raise ConfigError(f"{key} must be >= 0, not {value!r}")
+
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], where: str) -> ModelSpec:
+        """A spec from a config file's entry (typed values) or the environment (strings, parsed strictly)."""
         unknown = set(values) - set(OVERRIDABLE)
         if unknown:
             raise ConfigError(
@@ -60,14 +100,13 @@ class ModelSpec:
             )
         parsed: dict[str, Any] = {}
         for key, value in values.items():
-            kind = OVERRIDABLE[key]
-            if key == "devices" and isinstance(value, list):
-                value = ",".join(str(v) for v in value)
-            try:
-                parsed[key] = kind(value)
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"{where}: {key} must be a {kind.__name__}, not {value!r}") from exc
-        return cls(**parsed)
+            if key == "devices" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+                value = ",".join(value)
+            parsed[key] = _typed(key, value, where)
+        try:
+            return cls(**parsed)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc.message}") from exc
 
     def merged(self, other: ModelSpec) -> ModelSpec:
         """This spec with `other`'s set values taking precedence."""
@@ -89,11 +128,31 @@ class Served:
 
 
 def from_env(name: str, env: Mapping[str, str] | None = None) -> ModelSpec:
-    """Overrides from `BATCHERY_MODEL_<NAME>_<SETTING>` (name upper-cased, `-` and `.` as `_`)."""
+    """Overrides from `BATCHERY_MODEL_<NAME>_<SETTING>` (name upper-cased, `-` and `.` as `_`).
+
+    A variable belongs to the model named by everything before its setting, so with models `a` and `a-b`,
+    `BATCHERY_MODEL_A_B_WORKERS` is `a-b`'s alone (the longest name wins), not an unknown setting of `a`.
+    """
     env = os.environ if env is None else env
     prefix = "BATCHERY_MODEL_" + name.upper().replace("-", "_").replace(".", "_") + "_"
-    values = {key[len(prefix) :].lower(): value for key, value in env.items() if key.startswith(prefix)}
+    values: dict[str, str] = {}
+    for key, value in env.items():
+        if not key.startswith(prefix):
+            continue
+        rest = key[len(prefix) :].lower()
+        setting = _setting_suffix(rest)
+        if setting is None:
+            values[rest] = value  # no setting at all: refused below as unknown
+        elif setting == rest:
+            values[rest] = value
+        # else: `rest` is `<more name>_<setting>`, a variable of a model whose name is longer than this one's.
     return ModelSpec.from_mapping(values, f"environment ({prefix}*)") if values else ModelSpec()
+
+
+def _setting_suffix(rest: str) -> str | None:
+    """The longest per-model setting that `rest` ends with (whole words only), or None."""
+    matches = [key for key in OVERRIDABLE if rest == key or rest.endswith("_" + key)]
+    return max(matches, key=len, default=None)
 
 
 def resolve_devices(devices: str) -> list[str]:

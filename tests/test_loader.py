@@ -1,0 +1,76 @@
+"""The loader: model files are executed once under a name of their own, which spawned process pools import too."""
+
+from __future__ import annotations
+
+import pickle
+import textwrap
+from pathlib import Path
+
+import httpx
+import pytest
+
+from batchery import loader
+from batchery.testing import running_server
+
+PIPELINES = """
+from pathlib import Path
+
+from batchery.pipeline import CpuStep, Sequential
+
+with Path(__file__).with_suffix(".runs").open("a") as runs:  # one line per execution of this file
+    runs.write("ran\\n")
+
+
+def reverse(text):
+    return str(text)[::-1]
+
+
+Reverse = Sequential("reverse", [CpuStep(reverse, kind="process", workers=1)])
+Twice = Sequential("twice", [CpuStep(reverse, kind="process", workers=1), CpuStep(reverse, kind="thread")])
+"""
+
+
+def write(path: Path, source: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+def test_a_file_is_executed_once_for_all_its_targets(tmp_path: Path) -> None:
+    source = write(tmp_path / "pipes.py", PIPELINES)
+    reverse, twice, fn = (loader.load_model(f"{source}:{name}") for name in ("Reverse", "Twice", "reverse"))
+    assert (tmp_path / "pipes.runs").read_text() == "ran\n"
+    assert reverse.steps[0].fn is twice.steps[0].fn is fn
+    assert pickle.loads(pickle.dumps(fn)) is fn
+
+
+def test_files_with_one_stem_get_modules_of_their_own(tmp_path: Path) -> None:
+    first = write(tmp_path / "a" / "model.py", "def which():\n    return 'a'\n")
+    second = write(tmp_path / "b" / "model.py", "def which():\n    return 'b'\n")
+    which_a, which_b = loader.load_model(f"{first}:which"), loader.load_model(f"{second}:which")
+    assert (which_a(), which_b()) == ("a", "b")
+    assert pickle.loads(pickle.dumps(which_a)) is which_a  # not shadowed by b/model.py
+
+
+def test_a_reload_executes_the_file_again_and_older_objects_still_pickle(tmp_path: Path) -> None:
+    source = write(tmp_path / "pipes.py", PIPELINES)
+    old = loader.load_model(f"{source}:reverse")
+    new = loader.load_model(f"{source}:reverse", fresh=True)
+    assert (tmp_path / "pipes.runs").read_text() == "ran\nran\n"
+    assert old is not new
+    assert old.__module__ != new.__module__
+    assert pickle.loads(pickle.dumps(old)) is old
+    assert pickle.loads(pickle.dumps(new)) is new
+
+
+@pytest.mark.slow
+async def test_process_steps_defined_in_the_served_file_over_http(tmp_path: Path) -> None:
+    source = write(tmp_path / "single.py", PIPELINES)
+    pipelines = [loader.served(f"{source}:Reverse"), loader.served(f"{source}:Twice")]
+    async with running_server(pipelines) as server, httpx.AsyncClient(base_url=server.url, timeout=60) as http:
+        reversed_ = await http.post("/v1/models/reverse/predict", json={"inputs": ["abc", 12]})
+        assert reversed_.status_code == 200, reversed_.text
+        assert reversed_.json()["outputs"] == ["cba", "21"]
+        twice = await http.post("/v1/models/twice/predict", json={"input": "abc"})
+        assert twice.status_code == 200, twice.text
+        assert twice.json()["output"] == "abc"
