@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 import schemathesis
@@ -23,7 +24,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from batchery.server import Server
-from batchery.testing import EchoModel, server_thread
+from batchery.testing import EchoModel, running_server, server_thread
 
 EXAMPLES = int(os.environ.get("BATCHERY_FUZZ_EXAMPLES", "30"))
 USER_KEY, ADMIN_KEY = "fuzz-user-key", "fuzz-admin-key"
@@ -113,3 +114,36 @@ def test_zz_report() -> None:
     if target:
         with open(target, "wb") as out:
             out.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+
+
+def _v2(datatype: str, shape: str, data: str) -> bytes:
+    return f'{{"inputs": [{{"name": "x", "datatype": {datatype}, "shape": {shape}, "data": {data}}}]}}'.encode()
+
+
+#: Bodies a review found answered with a text/plain 500 or silently accepted; each must be a JSON 4xx.
+HOSTILE = [
+    ("/v2/models/echo/infer", _v2('["BYTES"]', "[1]", '["hi"]')),
+    ("/v2/models/echo/infer", _v2('{"a": 1}', "[1]", '["hi"]')),
+    ("/v2/models/echo/infer", _v2('"BYTES"', "[1]", "[" * 990 + '"a"' + "]" * 990)),
+    ("/v2/models/echo/infer", _v2('"BYTES"', "[1]", "[" * 1020 + '"a"' + "]" * 1020)),
+    ("/v2/models/echo/infer", _v2('"FP32"', "[1]", "[" * 1020 + "1.5" + "]" * 1020)),
+    ("/v2/models/echo/infer", _v2('"BYTES"', "[1]", "[" * 950 + '"a"' + "]" * 950)),
+    ("/v2/models/echo/infer", _v2('"BYTES"', "[" + ", ".join(["1"] * 100) + "]", '["a"]')),
+    ("/v1/models/echo/predict", b'{"input": "a", "inputs": ["b"]}'),
+    ("/v1/embeddings", b'{"model": "echo", "input": "hi", "encoding_format": {}}'),
+    ("/v1/embeddings", b'{"model": "echo", "input": "hi", "encoding_format": ""}'),
+    ("/v1/embeddings", b'{"model": "echo", "input": [true]}'),
+]
+
+
+async def test_hostile_bodies_get_a_json_4xx_not_a_500() -> None:
+    async with running_server([EchoModel()]) as server, httpx.AsyncClient(base_url=server.url) as http:
+        for path, body in HOSTILE:
+            response = await http.post(path, content=body)
+            where = f"{path} {body[:80]!r}"
+            assert 400 <= response.status_code < 500, f"{where} -> {response.status_code}: {response.text[:300]}"
+            assert response.headers["content-type"] == "application/json", where
+            error = orjson.loads(response.content)["error"]
+            message = error if isinstance(error, str) else error["message"]
+            assert len(message) > 10, where
+            assert "Traceback" not in response.text, where

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from tritonclient.utils import InferenceServerException
 from _golden import Letters, cases, replay
 from batchery.model import Model
 from batchery.models.embedding import SentenceEmbedder
-from batchery.protocols import tensors
+from batchery.protocols import kserve_v2, tensors
 from batchery.testing import EchoModel, running_server, server_thread
 
 
@@ -135,6 +136,12 @@ def _infer(name: str, inputs: list[dict[str, Any]], **extra: Any) -> bytes:
     return orjson.dumps({"inputs": [{"name": name, **spec} for spec in inputs], **extra})
 
 
+def _deep(datatype: str, value: str, depth: int) -> bytes:
+    """One value of shape [1] under `depth` lists, deeper than orjson.dumps writes (orjson.loads reads ~1,024)."""
+    data = "[" * depth + value + "]" * depth
+    return f'{{"inputs": [{{"name": "x", "datatype": "{datatype}", "shape": [1], "data": {data}}}]}}'.encode()
+
+
 @pytest.mark.parametrize(
     ("body", "headers", "says"),
     [
@@ -148,6 +155,25 @@ def _infer(name: str, inputs: list[dict[str, Any]], **extra: Any) -> bytes:
         (_infer("x", [{"shape": [1], "datatype": "INT8", "data": [300]}]), {}, "out of range"),
         (_infer("x", [{"shape": [2, 2], "datatype": "INT32", "data": [[1, 2], [3]]}]), {}, "regular array"),
         (_infer("x", [{"shape": [1], "datatype": "INT32"}]), {}, "has no data"),
+        (_infer("x", [{"shape": [1], "datatype": ["BYTES"], "data": ["a"]}]), {}, "datatype ['BYTES']; use one of"),
+        (_infer("x", [{"shape": [1], "datatype": {"a": 1}, "data": ["a"]}]), {}, "datatype {'a': 1}; use one of"),
+        (
+            _infer("x", [{"shape": [1] * 65, "datatype": "BYTES", "data": ["a"]}]),
+            {},
+            "the most a tensor may have is 64",
+        ),
+        (_deep("BYTES", '"a"', 990), {}, "nested deeper than its shape [1] allows"),
+        (_deep("BYTES", '"a"', 1020), {}, "nested deeper than its shape [1] allows"),
+        (_deep("FP32", "1.5", 1020), {}, "nested deeper than its shape [1] allows"),
+        (_infer("x", [{"shape": [1], "datatype": "BYTES", "data": [["a"]]}]), {}, "nested deeper"),
+        (_infer("x", [{"shape": [1], "datatype": "FP32", "data": [[1.5]]}]), {}, "nested deeper"),
+        (_infer("x", [{"shape": [1, 2, 2], "datatype": "BYTES", "data": [["a", "b", "c", "d"]]}]), {}, "2 lists deep"),
+        (_infer("x", [{"shape": [1, 2, 2], "datatype": "FP32", "data": [[1, 2, 3, 4]]}]), {}, "2 lists deep"),
+        (_infer("x", [{"shape": [1], "datatype": "BYTES", "data": "a"}]), {}, "data must be a list"),
+        (_infer("x", [{"shape": [1], "datatype": "FP32", "data": 1.5}]), {}, "data must be a list"),
+        (_infer("x", [{"shape": [3, 1], "datatype": "BYTES", "data": [["a", "b"], ["c"]]}]), {}, "regular array"),
+        (_infer("x", [{"shape": [2, 1], "datatype": "BYTES", "data": [["a"], "b"]}]), {}, "regular array"),
+        (_infer("x", [{"shape": [2, 1], "datatype": "BYTES", "data": ["a", ["b"]]}]), {}, "regular array"),
         (_infer("x", [{"shape": [], "datatype": "INT32", "data": [1]}]), {}, "first (batch) dimension"),
         (
             _infer("x", [{"shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 9}}]),
@@ -185,6 +211,37 @@ async def test_unknown_model_and_output(http: httpx.AsyncClient) -> None:
     wrong = await http.post("/v2/models/echo/infer", content=asked)
     assert wrong.status_code == 400
     assert "no output 'LOGITS'" in wrong.json()["error"]
+
+
+def test_json_data_is_flat_or_nested_as_deep_as_the_shape() -> None:
+    for datatype, value in (("BYTES", "a"), ("FP32", 1.5)):
+        flat = tensors.from_json("t", datatype, [2, 2], [value] * 4)
+        nested = tensors.from_json("t", datatype, [2, 2], [[value] * 2] * 2)
+        assert flat.shape == nested.shape == (2, 2)
+        assert tensors.from_json("t", datatype, [2, 0], [[], []]).shape == (2, 0)
+        assert tensors.from_json("t", datatype, [], [value]).shape == ()
+        deepest = orjson.loads("[" * 64 + orjson.dumps(value).decode() + "]" * 64)
+        assert tensors.from_json("t", datatype, [1] * 64, deepest).shape == (1,) * 64
+
+
+async def test_an_unexpected_error_is_a_json_500_in_the_protocols_shape(
+    http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(body: bytes, header_length: str | None) -> Any:
+        raise RuntimeError("decoder bug")
+
+    monkeypatch.setattr(kserve_v2, "decode", broken)
+    with caplog.at_level(logging.ERROR, logger="batchery.app"):
+        response = await http.post("/v2/models/echo/infer", content=_infer("x", [{"shape": [1], "datatype": "INT64"}]))
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {"error": "internal error: RuntimeError('decoder bug')"}
+    assert "x-request-id" in response.headers  # answered inside the production middleware
+    [record] = [r for r in caplog.records if r.name == "batchery.app"]
+    assert record.getMessage() == "POST /v2/models/echo/infer failed"
+    assert record.exc_info is not None
+    assert isinstance(record.exc_info[1], RuntimeError)  # logged with its traceback
+    assert (await http.post("/v2/models/nope/infer", content=b"{}")).status_code == 404  # still serving
 
 
 def test_tensor_round_trips() -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -13,6 +15,7 @@ import pytest
 
 from _golden import Letters, cases, replay
 from batchery.models.embedding import SentenceEmbedder
+from batchery.protocols import openai_compat
 from batchery.server import Server
 from batchery.testing import EchoModel, SleepModel, running_server, server_thread
 
@@ -125,6 +128,11 @@ async def test_too_many_inputs_is_413_in_openai_shape() -> None:
         (b'{"model": "letters", "input": []}', "input", "non-empty"),
         (b'{"model": "letters", "input": [1, 2]}', "input", "token arrays"),
         (b'{"model": "letters", "input": "x", "encoding_format": "int8"}', "encoding_format", "'float' or 'base64'"),
+        (b'{"model": "letters", "input": "x", "encoding_format": ""}', "encoding_format", "not ''"),
+        (b'{"model": "letters", "input": "x", "encoding_format": {}}', "encoding_format", "not {}"),
+        (b'{"model": "letters", "input": "x", "encoding_format": 0}', "encoding_format", "not 0"),
+        (b'{"model": "letters", "input": "x", "encoding_format": false}', "encoding_format", "not False"),
+        (b'{"model": "letters", "input": [true]}', "input", "input 0: expected a string"),
         (b'{"model": "letters", "input": "x", "dimensions": "4"}', "dimensions", "positive integer"),
         (b'{"model": "letters", "input": ["a", 3]}', "input", "input 1: expected a string"),
         (b'{"model": "echo", "input": "x"}', "model", "does not return embeddings"),
@@ -140,6 +148,38 @@ async def test_bad_requests_get_openai_error_bodies(
     assert error["type"] == "invalid_request_error"
     assert error["param"] == param
     assert says in error["message"]
+
+
+async def test_encoding_format_absent_or_null_is_float(http: httpx.AsyncClient) -> None:
+    for extra in (b"", b', "encoding_format": null', b', "encoding_format": "float"'):
+        response = await http.post("/v1/embeddings", content=b'{"model": "letters", "input": "ab"' + extra + b"}")
+        assert response.status_code == 200, response.text
+        assert response.json()["data"][0]["embedding"] == [2.0, 1.0, 0.0]
+
+
+async def test_an_unexpected_error_is_a_json_500_in_openai_shape(
+    http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(body: bytes, *, max_items: int) -> Any:
+        raise KeyError("decoder bug")
+
+    monkeypatch.setattr(openai_compat, "decode", broken)
+    with caplog.at_level(logging.ERROR, logger="batchery.app"):
+        response = await http.post("/v1/embeddings", json={"model": "letters", "input": "x"})
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {
+        "error": {
+            "message": "internal error: KeyError('decoder bug')",
+            "type": "server_error",
+            "param": None,
+            "code": "internal_error",
+        }
+    }
+    [record] = [r for r in caplog.records if r.name == "batchery.app"]
+    assert record.getMessage() == "POST /v1/embeddings failed"
+    assert record.exc_info is not None
+    assert isinstance(record.exc_info[1], KeyError)  # logged with its traceback
 
 
 async def test_the_response_cache_and_deadlines_apply_here_too() -> None:

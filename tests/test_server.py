@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
+import subprocess
+import sys
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import orjson
 import pytest
 
 from batchery._http_client import post_many
+from batchery.errors import ConfigError
+from batchery.server import Server, bind
 from batchery.testing import EchoModel, FailingModel, SleepModel, WrongCountModel, running_server
 
 
@@ -51,6 +57,8 @@ async def test_single_and_list_forms(client: httpx.AsyncClient) -> None:
         (b'{"inputs": 5}', 422, "must be a list"),
         (b'{"inputs": []}', 422, "empty"),
         (b"", 400, "not valid JSON"),
+        (b'{"input": "a", "inputs": ["b"]}', 400, 'both "input" and "inputs"; send one'),
+        (b'{"inputs": ["b"], "input": null}', 400, 'both "input" and "inputs"; send one'),
     ],
 )
 async def test_bad_bodies_get_a_clear_4xx(client: httpx.AsyncClient, body: bytes, status: int, says: str) -> None:
@@ -166,3 +174,80 @@ async def test_a_queue_waiting_past_its_time_bound_gives_503_at_once() -> None:
     assert refused.headers["retry-after"] == "1"
     assert "have waited" in refused.json()["error"]["message"]
     assert after.status_code == 200
+
+
+async def test_an_unexpected_error_is_a_json_500_and_logged(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    server: Server = client.server  # type: ignore[attr-defined]
+
+    def broken() -> Any:
+        raise ValueError("listing bug")
+
+    monkeypatch.setattr(server.engine, "models", broken)
+    with caplog.at_level(logging.ERROR, logger="batchery.app"):
+        response = await client.get("/v1/models")
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {
+        "error": {"code": "internal_error", "message": "internal error: ValueError('listing bug')"}
+    }
+    assert "x-request-id" in response.headers
+    [record] = [r for r in caplog.records if r.name == "batchery.app"]
+    assert record.getMessage() == "GET /v1/models failed"
+    assert record.exc_info is not None
+    assert isinstance(record.exc_info[1], ValueError)  # logged with its traceback
+    monkeypatch.undo()
+    assert (await client.get("/v1/models")).status_code == 200
+
+
+class _Recorded(socket.socket):
+    """A socket that remembers itself, to check that bind() closes what it opened."""
+
+    made: ClassVar[list[socket.socket]] = []
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.made.append(self)
+
+
+@pytest.mark.parametrize(
+    ("host", "says"),
+    [
+        (
+            "127.0.0.1",
+            "cannot listen on 127.0.0.1:{port}: address already in use (another server running? pick --port)",
+        ),
+        ("999.1.1.1", "cannot listen on 999.1.1.1:{port}: the host does not resolve"),
+    ],
+)
+def test_bind_refuses_with_a_config_error_and_closes_its_socket(
+    host: str, says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setattr(_Recorded, "made", [])
+        monkeypatch.setattr(socket, "socket", _Recorded)
+        with pytest.raises(ConfigError) as caught:
+            bind(host, port)
+    assert caught.value.message.startswith(says.format(port=port))
+    assert [sock.fileno() for sock in _Recorded.made] == [-1]  # made by bind() and closed again
+
+
+def test_serve_on_a_taken_port_exits_2_with_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "batchery.cli", "serve", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == f"batchery: cannot listen on 127.0.0.1:{port}: address already in use " + (
+        "(another server running? pick --port)\n"
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 import socket
@@ -19,7 +20,7 @@ from batchery.app.factory import create_app
 from batchery.app.fastpath import FastDispatch
 from batchery.config import Settings
 from batchery.engine import Engine
-from batchery.errors import ModelLoadError
+from batchery.errors import ConfigError, ModelLoadError
 from batchery.metrics import Metrics
 from batchery.reloading import FileWatch, reload_all
 
@@ -165,14 +166,35 @@ def _http_protocol(settings: Settings) -> Any:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket (port 0 picks a free one)."""
+    """A listening TCP socket (port 0 picks a free one); ConfigError when it cannot listen there."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.setblocking(False)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {_address(host, port)}: {_why(exc)}") from exc
     return sock
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _why(exc: OSError) -> str:
+    """What went wrong and what to do about it, for the errors people meet when choosing a host and port."""
+    if isinstance(exc, socket.gaierror):
+        return f"the host does not resolve ({exc.strerror}); pick --host, such as 127.0.0.1 or 0.0.0.0"
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use (another server running? pick --port)"
+    if exc.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need privileges; pick --port above 1023)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "no interface on this machine has that address; pick --host, such as 127.0.0.1 or 0.0.0.0"
+    return f"{exc.strerror or exc}; check --host and --port"
 
 
 #: Seconds a thread may hold the GIL while another waits for it, in a serving process.

@@ -61,6 +61,7 @@ def create_app(
     app.state.engine = engine
     app.state.settings = settings
     app.add_exception_handler(BatcheryError, _handle_error)
+    app.add_middleware(failures.Unexpected)  # added first: innermost, inside every other middleware
     app.state.drain_started = None
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, metrics=metrics)
     app.state.production = install(app, engine, settings, metrics)

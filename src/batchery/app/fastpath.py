@@ -63,6 +63,8 @@ class FastDispatch:
         # The app's own middleware, in the app's order, around the endpoint: every feature still applies.
         stack: ASGIApp = self.endpoint
         for cls, args, kwargs in reversed(self.app.user_middleware):
+            if cls is failures.Unexpected:  # the endpoint answers its own unexpected errors (and costs less)
+                continue
             stack = cls(stack, *args, **kwargs)
         return stack
 

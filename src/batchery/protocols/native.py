@@ -42,6 +42,8 @@ def decode(body: bytes, *, max_items: int) -> tuple[list[Any], bool]:
         raise BadRequest(f"the body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise BadRequest('the body must be a JSON object: {"input": ...} or {"inputs": [...]}')
+    if "input" in data and "inputs" in data:
+        raise BadRequest('the body has both "input" and "inputs"; send one: {"input": x} or {"inputs": [x, ...]}')
     if "inputs" in data:
         inputs = data["inputs"]
         if not isinstance(inputs, list):

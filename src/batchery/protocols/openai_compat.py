@@ -75,12 +75,15 @@ def decode(body: bytes, *, max_items: int) -> tuple[str, list[Any], str, int | N
     if len(inputs) > max_items:
         limit = f"input has {len(inputs)} items; the limit is {max_items} per request: split it into several"
         raise ParamError(limit, "input", status=PayloadTooLarge.status, code=PayloadTooLarge.code)
-    if not isinstance(inputs[0], str) and isinstance(inputs[0], int | list):
+    first = inputs[0]
+    if not isinstance(first, str | bool) and isinstance(first, int | list):  # bool is an int, but not a token
         raise ParamError(
             "token arrays are not supported: send the text itself, as a string or list of strings", "input"
         )
-    encoding = data.get("encoding_format") or "float"
-    if encoding not in ENCODINGS:
+    encoding = data.get("encoding_format", "float")
+    if encoding is None:  # null is "not given", as for dimensions; any other value must be one of ENCODINGS
+        encoding = "float"
+    if not isinstance(encoding, str) or encoding not in ENCODINGS:
         raise ParamError(f"encoding_format must be 'float' or 'base64', not {encoding!r}", "encoding_format")
     dimensions = data.get("dimensions")
     if dimensions is not None and (not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1):

@@ -32,6 +32,8 @@ DATATYPES: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype("<f8"),
     "BYTES": np.dtype(object),
 }
+#: numpy's limit on an array's dimensions.
+MAX_DIMS = 64
 _NAMES = {dtype: name for name, dtype in DATATYPES.items() if name != "BYTES"}
 # JSON values each datatype accepts, by numpy kind: no strings for numbers, no floats for integers.
 _KINDS = {"BOOL": "b", "FP16": "iuf", "FP32": "iuf", "FP64": "iuf"}
@@ -49,26 +51,30 @@ class Tensor:
 
 def check_header(where: str, datatype: Any, shape: Any) -> tuple[str, list[int]]:
     """Validate a tensor's datatype and shape as a request states them."""
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:  # a list or dict is not even hashable
         raise BadRequest(f"{where} has datatype {datatype!r}; use one of {', '.join(DATATYPES)}")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise BadRequest(f"{where} has shape {shape!r}; a shape is a list of non-negative integers such as [2, 3]")
+    if len(shape) > MAX_DIMS:
+        raise BadRequest(f"{where} has {len(shape)} dimensions; the most a tensor may have is {MAX_DIMS}")
     return datatype, shape
 
 
 def from_json(where: str, datatype: str, shape: list[int], data: Any) -> np.ndarray[Any, Any]:
-    """A tensor from its JSON `data` (flat or nested, row-major), checked against datatype and shape."""
+    """A tensor from its JSON `data` (flat, or nested as deep as the shape; row-major), checked against both."""
     if datatype == "BYTES":
-        flat = _flatten(data)
+        flat = _flatten(where, data, shape)
         if not all(isinstance(value, str) for value in flat):
             raise BadRequest(f"{where} is BYTES: its data must be strings")
         array = np.empty(len(flat), dtype=object)
         array[:] = [value.encode() for value in flat]
     else:
+        _check_first_depth(where, data, shape)  # before numpy, so its error is ours and not "over 64 dimensions"
         try:
             values = np.asarray(data)
         except ValueError as exc:
             raise BadRequest(f"{where}: data is not a regular array: {exc}") from exc
+        _check_depth(where, values.ndim, shape)
         allowed = _KINDS.get(datatype, "iu")
         if values.size and values.dtype.kind not in allowed:
             raise BadRequest(f"{where} is {datatype}, but its data holds {_kind_name(values.dtype.kind)}")
@@ -177,13 +183,72 @@ def _shaped(where: str, array: np.ndarray[Any, Any], shape: list[int]) -> np.nda
     return array.reshape(shape)
 
 
-def _flatten(data: Any) -> list[Any]:
+def _flatten(where: str, data: Any, shape: list[int]) -> list[Any]:
+    """The row-major leaves of `data`, a regular array as numpy would see it; checked against the shape's depth.
+
+    Iterative, and it stops past the shape's depth: orjson parses ~1,024 levels, beyond Python's recursion limit.
+    """
     if not isinstance(data, list):
+        _check_depth(where, 0, shape)
         return [data]
+    limit = max(1, len(shape))
+    dims: list[int] = [len(data)]  # each level's length, the same for every list at that level
+    leaf_depth: int | None = None
     flat: list[Any] = []
-    for value in data:
-        flat.extend(_flatten(value) if isinstance(value, list) else [value])
+    stack = [iter(data)]
+    while stack:
+        for value in stack[-1]:
+            depth = len(stack)
+            if isinstance(value, list):
+                if depth >= limit:
+                    raise _too_deep(where, shape)
+                if depth == len(dims):
+                    dims.append(len(value))
+                if dims[depth] != len(value) or (leaf_depth is not None and depth >= leaf_depth):
+                    raise BadRequest(f"{where}: data is not a regular array: its lists differ in length or depth")
+                stack.append(iter(value))
+                break
+            if leaf_depth not in (None, depth) or depth != len(dims):
+                raise BadRequest(f"{where}: data is not a regular array: its lists differ in length or depth")
+            leaf_depth = depth
+            flat.append(value)
+        else:
+            stack.pop()
+    _check_depth(where, len(dims), shape)
     return flat
+
+
+def _check_first_depth(where: str, data: Any, shape: list[int]) -> None:
+    """Refuse data whose first element is nested deeper than the shape, walking down to it without recursion."""
+    depth, limit = 0, max(1, len(shape))
+    while isinstance(data, list):
+        depth += 1
+        if depth > limit:
+            raise _too_deep(where, shape)
+        if not data:
+            return
+        data = data[0]
+
+
+def _check_depth(where: str, depth: int, shape: list[int]) -> None:
+    """Data is flat (one list) or nested exactly as deep as the shape; a shape [] takes a lone value too."""
+    if depth in (1, len(shape)):
+        return
+    if depth > max(1, len(shape)):
+        raise _too_deep(where, shape)
+    if depth == 0:
+        raise BadRequest(f"{where}: data must be a list, flat in row-major order or nested as deep as the shape")
+    raise BadRequest(
+        f"{where}: data is nested {depth} lists deep, but shape {shape} has {len(shape)} dimensions; "
+        "send it flat, as one list in row-major order, or nested as deep as the shape"
+    )
+
+
+def _too_deep(where: str, shape: list[int]) -> BadRequest:
+    return BadRequest(
+        f"{where}: data is nested deeper than its shape {shape} allows; "
+        "send it flat, as one list in row-major order, or nested as deep as the shape"
+    )
 
 
 def _kind_name(kind: str) -> str:
