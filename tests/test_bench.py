@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
 import pytest
 
-from batchery.bench import payloads, report, trace
-from batchery.bench.load import LoadSpec, Measurement, measure
+from batchery._http_client import Connection, ProtocolError
+from batchery.bench import load, payloads, report, trace
+from batchery.bench.load import BACKLOG_ERROR, MAX_RATE, LoadSpec, Measurement, Progress, measure
 from batchery.cli import main
 from batchery.errors import ConfigError
 from batchery.testing import EchoModel, running_server, server_thread
@@ -114,6 +121,23 @@ def test_spec_validation(kwargs: dict[str, float], message: str) -> None:
         LoadSpec("https://example.com/x", [b"{}"])
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"duration": math.inf},
+        {"duration": math.nan},
+        {"warmup": math.inf},
+        {"warmup": math.nan},
+        {"timeout": math.inf},
+        {"rate": math.inf},
+        {"rate": MAX_RATE * 10},
+    ],
+)
+def test_spec_refuses_infinite_and_impossible_numbers(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ConfigError):
+        LoadSpec("http://127.0.0.1:8000/x", [b"{}"], **kwargs)  # type: ignore[arg-type]
+
+
 def test_cli_sweep_writes_table_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     payload = tmp_path / "bodies.jsonl"
     payload.write_text('{"input": "a"}\n{"inputs": ["b", "c"]}\n')
@@ -138,9 +162,10 @@ def test_cli_open_loop_json_to_stdout(capsys: pytest.CaptureFixture[str]) -> Non
         url = f"{server.url}/v1/models/echo/predict"
         code = main(["bench", url, "-r", "50", "-d", "0.3", "--warmup", "0", "-q", "--json", "-"])
     assert code == 0
-    out = capsys.readouterr().out
-    document = orjson.loads(out[out.index("{") :])
+    captured = capsys.readouterr()
+    document = orjson.loads(captured.out)  # stdout holds the JSON and nothing else
     assert document["runs"][0]["mode"] == "open"
+    assert "| 50 req/s offered |" in captured.err
 
 
 @pytest.mark.parametrize(
@@ -152,6 +177,11 @@ def test_cli_open_loop_json_to_stdout(capsys: pytest.CaptureFixture[str]) -> Non
         (["http://127.0.0.1:1/x", "--payload", "/no/such/file"], "cannot read the payload file"),
         (["http://127.0.0.1:1/x", "-r", "10", "-c", "1,2"], "one --connections value"),
         (["http://127.0.0.1:1/x", "--warmup", "-1"], "--warmup must be >= 0"),
+        (["http://127.0.0.1:1/x", "--warmup", "nan"], "--warmup must be >= 0 seconds and finite"),
+        (["http://127.0.0.1:1/x", "--warmup", "inf"], "--warmup must be >= 0 seconds and finite"),
+        (["http://127.0.0.1:1/x", "-r", "1e9"], "at most 100,000 req/s"),
+        (["http://127.0.0.1:1/x", "--trace", "bursty:high=1e9,low=0,on=1,off=1"], "at most 100,000 req/s"),
+        (["http://127.0.0.1:1/x", "--trace", "bursty:high=10,low=0,on=1,off=1,duration=inf"], "finite"),
     ],
 )
 def test_cli_bad_arguments_get_a_clear_message(
@@ -161,7 +191,9 @@ def test_cli_bad_arguments_get_a_clear_message(
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flag", [["-c", "0"], ["-c", "a,b"], ["-r", "nan"], ["-d", "-3"]])
+@pytest.mark.parametrize(
+    "flag", [["-c", "0"], ["-c", "a,b"], ["-r", "nan"], ["-r", "inf"], ["-d", "-3"], ["-d", "inf"], ["-d", "nan"]]
+)
 def test_cli_rejects_bad_numbers(flag: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["bench", "http://127.0.0.1:1/x", *flag])
@@ -231,3 +263,230 @@ def test_cli_trace_with_header_and_deadline(capsys: pytest.CaptureFixture[str]) 
     assert "| trace of " in captured.out
     assert "good (share)" in captured.out
     assert "a header must look like 'Name: value'" in captured.err
+
+
+# --- the HTTP client against servers that answer in other ways (a fake server per test) ---
+
+
+@contextlib.asynccontextmanager
+async def fake_server(reply: bytes, *, close: bool = False) -> AsyncIterator[str]:
+    """A server on a free port that answers every request with the raw bytes `reply` (closing after it if `close`)."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lengths = [line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+                await reader.readexactly(int(lengths[0].split(b":")[1]) if lengths else 0)
+                writer.write(reply)
+                await writer.drain()
+                if close:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with server:
+            yield f"http://127.0.0.1:{port}"
+    finally:
+        for writer in writers:
+            writer.close()
+
+
+CHUNKED = (
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n"
+    b'7;ext=1\r\n{"a":1}\r\n3\r\n   \r\n0\r\nX-Trailer: t\r\n\r\n'
+)
+HTTP10 = b'HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{"a":1}'
+
+
+async def test_client_reads_chunked_bodies_and_keeps_the_connection() -> None:
+    async with fake_server(b"HTTP/1.1 100 Continue\r\n\r\n" + CHUNKED) as url:
+        conn = await Connection.open(url)
+        try:
+            for _ in range(3):  # the same connection: each body was read to its end
+                response = await asyncio.wait_for(conn.request("POST", "/x", b"{}"), 5)
+                assert (response.status, response.body, response.keep_alive) == (200, b'{"a":1}   ', True)
+        finally:
+            await conn.close()
+
+
+async def test_client_reads_a_body_that_ends_with_the_connection() -> None:
+    async with fake_server(HTTP10, close=True) as url:
+        conn = await Connection.open(url)
+        try:
+            response = await asyncio.wait_for(conn.request("POST", "/x", b"{}"), 5)
+        finally:
+            await conn.close()
+    assert (response.status, response.body, response.keep_alive) == (200, b'{"a":1}', False)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"garbage\r\n\r\n",
+        b"HTTP/1.1 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ],
+)
+async def test_client_refuses_malformed_responses(reply: bytes) -> None:
+    async with fake_server(reply) as url:
+        conn = await Connection.open(url)
+        try:
+            with pytest.raises(ProtocolError):
+                await asyncio.wait_for(conn.request("POST", "/x", b"{}"), 5)
+        finally:
+            await conn.close()
+
+
+async def test_bench_counts_chunked_and_close_delimited_answers_as_successes() -> None:
+    for reply, close in ((CHUNKED, False), (HTTP10, True)):
+        async with fake_server(reply, close=close) as url:
+            result = report.summarize(await measure(_spec(url, duration=0.3, connections=2)))
+        assert result.ok == result.requests > 2, reply
+        assert result.errors == 0
+
+
+async def test_bench_counts_a_malformed_answer_as_an_error_and_goes_on() -> None:
+    async with fake_server(b"garbage\r\n\r\n") as url:
+        result = report.summarize(await measure(_spec(url, duration=0.2, connections=2)))
+    assert result.ok == 0
+    assert result.errors == result.requests > 0
+    assert result.transport_errors == {"ProtocolError": result.requests}
+
+
+# --- exit codes, messages and where the output goes ---
+
+
+def test_cli_exits_1_with_the_statuses_when_nothing_succeeded(capsys: pytest.CaptureFixture[str]) -> None:
+    with server_thread([EchoModel()]) as server:
+        code = main(["bench", f"{server.url}/v1/models/nope/predict", "-d", "0.2", "--warmup", "0", "-q"])
+    assert code == 1
+    captured = capsys.readouterr()
+    assert "| 404: " in captured.out  # the table shows what came back
+    assert "no request succeeded" in captured.err
+    assert "check the URL path" in captured.err
+
+
+def test_cli_checks_output_paths_before_the_load(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    unreachable = "http://127.0.0.1:1/x"  # a load would fail with 'cannot connect': the path check comes first
+    for flag, path, message in [
+        ("--json", tmp_path, "it is a directory"),
+        ("--json", tmp_path / "missing" / "r.json", "No such file or directory"),
+        ("--plot", a_file / "p.png", "cannot write --plot"),
+    ]:
+        assert main(["bench", unreachable, flag, str(path), "-d", "0.1"]) == 2
+        err = capsys.readouterr().err
+        assert f"cannot write {flag} {path}" in err
+        assert message in err
+    fresh = tmp_path / "fresh.json"
+    assert main(["bench", unreachable, "--json", str(fresh), "-d", "0.1"]) == 2
+    assert "cannot connect" in capsys.readouterr().err
+    assert not fresh.exists()  # the check leaves nothing behind
+
+
+def test_cli_refuses_a_trace_that_ends_within_the_warmup(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "trace.txt"
+    path.write_text("0\n0.2\n0.4\n")
+    assert main(["bench", "http://127.0.0.1:1/x", "--trace", str(path)]) == 2
+    assert "within the 1 s warm-up" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="pass --warmup 0"):
+        LoadSpec("http://127.0.0.1:8000/x", [b"{}"], arrivals=[0.0, 0.4], warmup=0.5)
+
+
+def test_ctrl_c_prints_what_was_measured() -> None:
+    with server_thread([EchoModel()]) as server:
+        argv = ["bench", f"{server.url}/v1/models/echo/predict", "-d", "60", "-c", "2", "--warmup", "0"]
+        code = "import sys; from batchery.cli import main; sys.exit(main())"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            assert proc.stderr is not None
+            for line in proc.stderr:  # one progress line a second: stderr is not a terminal
+                if "measuring" in line:
+                    break
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "interrupted" in err
+    row = next(line for line in out.splitlines() if line.startswith("| 2 conn |"))
+    assert int(row.split("|")[6]) > 0  # the ok column: what was measured before Ctrl-C
+
+
+# --- the generator: stopping, pacing and counting ---
+
+
+async def test_stop_ends_a_run_early_with_what_was_measured() -> None:
+    stop = asyncio.Event()
+    async with running_server([EchoModel()]) as server:
+        asyncio.get_running_loop().call_later(0.3, stop.set)
+        m = await asyncio.wait_for(measure(_spec(server.url, duration=60.0), stop=stop), 10)
+    assert m.interrupted
+    assert len(m.ok_ms) > 0
+    assert 0.2 < m.wall_seconds < 2.0
+
+
+async def test_open_loop_throughput_is_measured_over_the_duration() -> None:
+    async with running_server([EchoModel()]) as server:
+        m = await measure(_spec(server.url, rate=20.0, duration=0.5))
+    result = report.summarize(m)
+    assert result.ok == 10  # offsets 0, 0.05, ... 0.45
+    assert result.duration_s == pytest.approx(0.5, abs=0.005)
+    assert result.throughput <= 20.0 + 1e-9  # never more than offered
+
+
+async def test_scheduler_behind_schedule_yields_and_bounds_its_backlog() -> None:
+    spec = LoadSpec("http://127.0.0.1:1/x", [b"{}"], rate=MAX_RATE, duration=0.2, warmup=0.0)
+    run = load._Run(spec, None)
+    run.start -= 0.2  # the whole run is overdue: 20,000 arrivals at once
+    run.measure_from -= 0.2
+    run.stop_at -= 0.2
+    due: asyncio.Queue[float | None] = asyncio.Queue(maxsize=load._BACKLOG)
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.wait_for(load._schedule(run, due), 30)
+    seen = ticks
+    ticker.cancel()
+    assert seen > 1000  # other tasks (senders, the progress line) ran while it caught up
+    assert due.qsize() == load._BACKLOG  # the rest were counted, not queued
+    assert due.qsize() + run.result.transport_errors[BACKLOG_ERROR] == pytest.approx(20_000, abs=2)
+
+
+async def test_max_requests_counts_exactly_with_several_connections() -> None:
+    async with running_server([EchoModel()]) as server:
+        m = await measure(_spec(server.url, max_requests=50, duration=60.0, connections=4))
+    assert report.summarize(m).requests == len(m.ok_ms) == 50
+    assert m.wall_seconds < 30
+
+
+async def test_last_progress_line_divides_by_its_own_window() -> None:
+    seen: list[Progress] = []
+    async with running_server([EchoModel()]) as server:
+        await measure(_spec(server.url, rate=200.0, duration=1.25), seen.append)
+    assert seen[-1].elapsed > 1.2
+    # About 50 answers in the last quarter second: 200 req/s, not 50 (that count over a whole second).
+    assert seen[-1].recent_rate > 120

@@ -11,70 +11,19 @@ import itertools
 import resource
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from batchery._http_client import Connection
-from batchery.errors import ConfigError
+from batchery.bench.spec import MAX_RATE, LoadSpec
 
+__all__ = ["BACKLOG_ERROR", "MAX_RATE", "LoadSpec", "Measurement", "Progress", "ProgressCallback", "measure"]
 
-@dataclass(frozen=True, slots=True)
-class LoadSpec:
-    """One measurement: where, what, how hard and for how long. `rate` and `arrivals` None mean closed loop.
-
-    `arrivals` (open loop): intended send times in seconds from the start; the run ends with the last one.
-    `deadline_ms`: answers slower than this do not count as goodput. `headers` go with every request.
-    """
-
-    url: str
-    bodies: Sequence[bytes]
-    connections: int = 16
-    rate: float | None = None
-    duration: float = 10.0
-    warmup: float = 1.0
-    timeout: float = 30.0
-    max_requests: int | None = None
-    arrivals: Sequence[float] | None = None
-    headers: Mapping[str, str] | None = None
-    deadline_ms: float | None = None
-
-    def __post_init__(self) -> None:
-        parts = urlsplit(self.url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ConfigError(
-                f"the URL must look like http://host:port/path, not {self.url!r} (https is not supported)"
-            )
-        if not self.bodies:
-            raise ConfigError("there are no request bodies; give a payload file with one JSON body per line")
-        if self.connections < 1:
-            raise ConfigError(f"connections must be >= 1, not {self.connections}")
-        if self.rate is not None and self.rate <= 0:
-            raise ConfigError(f"the arrival rate must be > 0 requests/s, not {self.rate}")
-        if self.duration <= 0 or self.warmup < 0 or self.timeout <= 0:
-            raise ConfigError("duration and timeout must be > 0 seconds and warmup >= 0")
-        if self.max_requests is not None and self.max_requests < 1:
-            raise ConfigError(f"max_requests must be >= 1, not {self.max_requests}")
-        if self.arrivals is not None:
-            if self.rate is not None:
-                raise ConfigError("give an arrival rate or a trace of arrivals, not both")
-            if not self.arrivals or self.arrivals[0] < 0:
-                raise ConfigError("a trace needs at least one arrival, at an offset >= 0 seconds")
-        if self.deadline_ms is not None and not self.deadline_ms > 0:
-            raise ConfigError(f"the goodput deadline must be > 0 ms, not {self.deadline_ms}")
-
-    @property
-    def open_loop(self) -> bool:
-        return self.rate is not None or self.arrivals is not None
-
-    @property
-    def path(self) -> str:
-        parts = urlsplit(self.url)
-        return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-
-    @property
-    def method(self) -> str:
-        return "POST"
+BACKLOG_ERROR = "unsent (client backlog)"
+_BACKLOG = 10_000  # arrivals waiting for a free connection; past this they count as unsent, so memory stays bounded
+# What a request can fail with short of a bug: the network, a response the client cannot parse (ProtocolError is a
+# ValueError), the timeout.
+_TRANSPORT_ERRORS = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, TimeoutError)
 
 
 @dataclass(slots=True)
@@ -93,7 +42,10 @@ class Progress:
 
 @dataclass(slots=True)
 class Measurement:
-    """Raw outcome of one run: latencies (ms) by kind, statuses and the client's own CPU time."""
+    """Raw outcome of one run: latencies (ms) by kind, statuses and the client's own CPU time.
+
+    `interrupted`: the run was stopped early (Ctrl-C); it holds what was measured until then.
+    """
 
     spec: LoadSpec
     wall_seconds: float = 0.0
@@ -103,6 +55,7 @@ class Measurement:
     statuses: Counter[int] = field(default_factory=Counter)
     transport_errors: Counter[str] = field(default_factory=Counter)
     client_cpu_seconds: float = 0.0
+    interrupted: bool = False
 
     def record(self, status: int, latency_ms: float) -> None:
         self.statuses[status] += 1
@@ -129,14 +82,28 @@ class _Run:
         self.spec = spec
         self.result = Measurement(spec)
         self.on_progress = on_progress
-        self.start = 0.0
-        self.measure_from = 0.0
-        self.stop_at = 0.0
-        self.stopped = False
+        self.start = time.perf_counter()
+        self.measure_from = self.start + spec.warmup
+        self.stop_at = self.measure_from + spec.duration
+        if spec.arrivals is not None:
+            self.stop_at = self.start + spec.arrivals[-1] + 1e-6  # the trace sets the length of the run
+        self.stopped_at: float | None = None  # when the request limit or an interrupt ended the run early
+        self.ended = asyncio.Event()  # set with stopped_at
+        self.cpu_before: float | None = None
         self.next_body = 0
         self.completed = 0
         self.window: list[float] = []
         self.window_count = 0
+        self.window_since = self.start
+
+    @property
+    def stopped(self) -> bool:
+        return self.stopped_at is not None
+
+    def stop(self) -> None:
+        if self.stopped_at is None:
+            self.stopped_at = time.perf_counter()
+            self.ended.set()
 
     def body(self) -> bytes:
         bodies = self.spec.bodies
@@ -150,8 +117,8 @@ class _Run:
         latency_ms = (now - sent_at) * 1000.0
         if status is not None and 200 <= status < 300 and len(self.window) < 2000:
             self.window.append(latency_ms)
-        if sent_at < self.measure_from:
-            return
+        if sent_at < self.measure_from or self.stopped:
+            return  # warm-up, or an answer that came after the run had ended
         self.completed += 1
         if error is not None:
             self.result.transport_errors[error] += 1
@@ -159,53 +126,78 @@ class _Run:
             self.result.record(status, latency_ms)
         limit = self.spec.max_requests
         if limit is not None and self.completed >= limit:
-            self.stopped = True
+            self.stop()
 
     def finished(self) -> bool:
         return self.stopped or time.perf_counter() >= self.stop_at
 
+    def measured_seconds(self, end: float) -> float:
+        """The measured window: to an early stop, else the end of the requested duration (open loop at a rate),
+        else the last answer."""
+        if self.stopped_at is not None:
+            finish = self.stopped_at
+        elif self.spec.rate is not None:
+            finish = self.stop_at
+        else:
+            finish = end
+        return max(1e-9, finish - self.measure_from)
 
-async def _send(run: _Run, conn: Connection | None, sent_at: float) -> Connection | None:
-    """Send one request; returns the connection to reuse, or None when it broke."""
+
+async def _send(run: _Run, conn: Connection | None, sent_at: float, backoff: float = 0.0) -> Connection | None:
+    """Send one request; returns the connection to reuse, or None when it broke (then waits `backoff` seconds)
+    or the server closes it."""
     spec = run.spec
     try:
         if conn is None:
             conn = await asyncio.wait_for(Connection.open(spec.url), spec.timeout)
         request = conn.request(spec.method, spec.path, run.body(), dict(spec.headers) if spec.headers else None)
         response = await asyncio.wait_for(request, spec.timeout)
-    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, TimeoutError) as exc:
+    except _TRANSPORT_ERRORS as exc:
         run.done(sent_at, None, type(exc).__name__)
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.close()
+        await _close(conn)
+        # A refused connection would otherwise spin: back off a little before reconnecting.
+        await asyncio.sleep(backoff)
         return None
+    except asyncio.CancelledError:
+        if conn is not None:
+            conn.abort()
+        raise
     run.done(sent_at, response.status, None)
-    if response.headers.get("connection", "").lower() == "close":
-        with contextlib.suppress(Exception):
-            await conn.close()
+    if not response.keep_alive:
+        await _close(conn)
         return None
     return conn
 
 
-async def _closed_sender(run: _Run) -> None:
-    conn: Connection | None = None
-    while not run.finished():
-        conn = await _send(run, conn, time.perf_counter())
-        if conn is None:
-            # A refused connection would otherwise spin: back off a little before reconnecting.
-            await asyncio.sleep(0.01)
+async def _close(conn: Connection | None) -> None:
     if conn is not None:
         with contextlib.suppress(Exception):
             await conn.close()
+
+
+async def _closed_sender(run: _Run) -> None:
+    conn: Connection | None = None
+    try:
+        while not run.finished():
+            conn = await _send(run, conn, time.perf_counter(), backoff=0.01)
+    except asyncio.CancelledError:
+        if conn is not None:
+            conn.abort()
+        raise
+    await _close(conn)
 
 
 async def _open_sender(run: _Run, due: asyncio.Queue[float | None]) -> None:
     conn: Connection | None = None
-    while (sent_at := await due.get()) is not None:
-        conn = await _send(run, conn, sent_at)
-    if conn is not None:
-        with contextlib.suppress(Exception):
-            await conn.close()
+    try:
+        while (sent_at := await due.get()) is not None:
+            if not run.stopped:
+                conn = await _send(run, conn, sent_at)
+    except asyncio.CancelledError:
+        if conn is not None:
+            conn.abort()
+        raise
+    await _close(conn)
 
 
 def _offsets(spec: LoadSpec) -> Iterator[float]:
@@ -218,20 +210,28 @@ def _offsets(spec: LoadSpec) -> Iterator[float]:
 
 
 async def _schedule(run: _Run, due: asyncio.Queue[float | None]) -> None:
-    """Put each intended send time on the queue when it falls due (wrk2's constant-throughput model)."""
+    """Put each intended send time on the queue when it falls due (wrk2's constant-throughput model), then wait
+    for the end of the run: open loop offers load for the whole duration, not up to the last send."""
     for offset in _offsets(run.spec):
         at = run.start + offset
         if run.stopped or at >= run.stop_at:
-            return
+            break
         delay = at - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        # Behind schedule, still yield: at a rate above what the client can send, the senders and the progress
+        # line must run, or the loop would only ever enqueue.
+        await asyncio.sleep(max(0.0, delay))
         # The loop's timers may fire up to a millisecond early (uvloop's resolution): a request that goes out
         # before its intended time is timed from when it really went, never from a moment still to come.
-        due.put_nowait(min(at, time.perf_counter()))
+        sent_at = min(at, time.perf_counter())
+        try:
+            due.put_nowait(sent_at)
+        except asyncio.QueueFull:
+            run.done(sent_at, None, BACKLOG_ERROR)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(run.ended.wait(), max(0.0, run.stop_at - time.perf_counter()))
 
 
-def _show_progress(run: _Run, since: float) -> float:
+def _show_progress(run: _Run) -> None:
     assert run.on_progress is not None  # only called with a callback
     now = time.perf_counter()
     window = sorted(run.window)
@@ -244,58 +244,80 @@ def _show_progress(run: _Run, since: float) -> float:
             ok=ok,
             errors=run.completed - ok - len(run.result.rejected_ms),
             rejected=len(run.result.rejected_ms),
-            recent_rate=run.window_count / max(1e-9, now - since),
+            recent_rate=run.window_count / max(1e-9, now - run.window_since),
             recent_p50_ms=window[len(window) // 2] if window else 0.0,
         )
     )
     run.window.clear()
     run.window_count = 0
-    return now
+    run.window_since = now
 
 
 async def _report(run: _Run) -> None:
-    since = time.perf_counter()
     while True:
         await asyncio.sleep(1.0)
-        since = _show_progress(run, since)
+        _show_progress(run)
 
 
-async def measure(spec: LoadSpec, on_progress: ProgressCallback | None = None) -> Measurement:
-    """Run `spec` and return what was measured after the warm-up."""
-    run = _Run(spec, on_progress)
-    run.start = time.perf_counter()
-    run.measure_from = run.start + spec.warmup
-    run.stop_at = run.measure_from + spec.duration
-    if spec.arrivals is not None:
-        run.stop_at = run.start + spec.arrivals[-1] + 1e-6  # the trace sets the length of the run
-    reporter = asyncio.create_task(_report(run)) if on_progress is not None else None
-    cpu_before = 0.0
-    cpu_task = asyncio.create_task(asyncio.sleep(spec.warmup))
+async def _drive(run: _Run) -> None:
+    """Start the senders (and the scheduler, in open loop), wait out the warm-up, then the run."""
+    spec = run.spec
+    tasks: list[asyncio.Task[None]] = []
     try:
+        if run.on_progress is not None:
+            tasks.append(asyncio.create_task(_report(run)))
         if not spec.open_loop:
             senders = [asyncio.create_task(_closed_sender(run)) for _ in range(spec.connections)]
+            tasks.extend(senders)
         else:
-            due: asyncio.Queue[float | None] = asyncio.Queue()
+            due: asyncio.Queue[float | None] = asyncio.Queue(maxsize=_BACKLOG)
             senders = [asyncio.create_task(_open_sender(run, due)) for _ in range(spec.connections)]
             scheduler = asyncio.create_task(_schedule(run, due))
-        await cpu_task
-        cpu_before = _cpu_seconds()
+            tasks.extend([*senders, scheduler])
+        await asyncio.sleep(spec.warmup)
+        run.cpu_before = _cpu_seconds()
         if spec.open_loop:
             await scheduler
             # Requests still queued at the end never went out: the client could not keep up with the rate
             # on the connections it has. They count as errors rather than stretching the run.
             while not due.empty():
                 if (sent_at := due.get_nowait()) is not None:
-                    run.done(sent_at, None, "unsent (client backlog)")
+                    run.done(sent_at, None, BACKLOG_ERROR)
             for _ in senders:
                 due.put_nowait(None)
         await asyncio.gather(*senders)
     finally:
-        if reporter is not None:
-            reporter.cancel()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def measure(
+    spec: LoadSpec, on_progress: ProgressCallback | None = None, *, stop: asyncio.Event | None = None
+) -> Measurement:
+    """Run `spec` and return what was measured after the warm-up.
+
+    Setting `stop` ends the run early (Ctrl-C): answers still outstanding are dropped, and the measurement holds
+    what came back before, with `interrupted` set.
+    """
+    run = _Run(spec, on_progress)
+    driver = asyncio.create_task(_drive(run))
+    waiter = asyncio.create_task(stop.wait()) if stop is not None else None
+    try:
+        await asyncio.wait([driver] if waiter is None else [driver, waiter], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if waiter is not None:
+            waiter.cancel()
+        if not driver.done():
+            run.stop()
+            run.result.interrupted = True
+            driver.cancel()
+            await asyncio.gather(driver, return_exceptions=True)
+    if not driver.cancelled():
+        driver.result()  # an unexpected error in the generator itself
     end = time.perf_counter()
     if on_progress is not None:
-        _show_progress(run, max(run.start, end - 1.0))
-    run.result.client_cpu_seconds = _cpu_seconds() - cpu_before
-    run.result.wall_seconds = max(1e-9, end - run.measure_from)
+        _show_progress(run)
+    run.result.client_cpu_seconds = _cpu_seconds() - run.cpu_before if run.cpu_before is not None else 0.0
+    run.result.wall_seconds = run.measured_seconds(end)
     return run.result

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from batchery.bench.load import Measurement
+from batchery.bench.load import BACKLOG_ERROR, Measurement
 
 
 @dataclass(slots=True)
@@ -18,7 +18,7 @@ class Summary:
     """One run in numbers. Latencies in ms; `throughput` counts successful answers per second.
 
     `good` counts successful answers within `deadline_ms` (all successes when there is no deadline); `goodput`
-    is their rate and `good_share` their share of the requests sent.
+    is their rate and `good_share` their share of the requests sent. `interrupted`: stopped early by Ctrl-C.
     """
 
     url: str
@@ -44,6 +44,7 @@ class Summary:
     good: int = 0
     goodput: float = 0.0
     good_share: float = 0.0
+    interrupted: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,6 +90,7 @@ def summarize(m: Measurement) -> Summary:
         good=good,
         goodput=good / m.wall_seconds if m.wall_seconds > 0 else 0.0,
         good_share=good / requests if requests else 0.0,
+        interrupted=m.interrupted,
     )
 
 
@@ -99,8 +101,8 @@ def _fmt(value: float, digits: int = 1) -> str:
 def table(summaries: Sequence[Summary]) -> str:
     """A Markdown table, one row per run; with a goodput deadline, a column of answers within it."""
     deadlines = any(s.deadline_ms is not None for s in summaries)
-    head = "| load | req/s | p50 ms | p95 ms | p99 ms | ok | rejected | errors | client CPU |"
-    rule = "|---|---|---|---|---|---|---|---|---|"
+    head = "| load | req/s | p50 ms | p95 ms | p99 ms | ok | rejected | errors | answers | client CPU |"
+    rule = "|---|---|---|---|---|---|---|---|---|---|"
     rows = [head + " good (share) |", rule + "---|"] if deadlines else [head, rule]
     for s in summaries:
         load = (
@@ -112,12 +114,49 @@ def table(summaries: Sequence[Summary]) -> str:
         )
         row = (
             f"| {load} | {_fmt(s.throughput)} | {_fmt(s.p50_ms, 2)} | {_fmt(s.p95_ms, 2)} | {_fmt(s.p99_ms, 2)} "
-            f"| {s.ok} | {s.rejected} | {s.errors} | {s.client_cpu:.0%} |"
+            f"| {s.ok} | {s.rejected} | {s.errors} | {answers(s)} | {s.client_cpu:.0%} |"
         )
         if deadlines:
             row += f" {s.good} ({s.good_share:.0%}) |" if s.deadline_ms is not None else " - |"
         rows.append(row)
     return "\n".join(rows)
+
+
+def answers(s: Summary) -> str:
+    """What came back, by HTTP status then transport error: `200: 1,204; 404: 3; TimeoutError: 1` (`-`: nothing)."""
+    counts = [*s.statuses.items(), *sorted(s.transport_errors.items())]
+    return "; ".join(f"{what}: {count:,}" for what, count in counts) or "-"
+
+
+_HINTS = {
+    400: "check the payload: --payload, one JSON body per line",
+    401: "the server wants credentials: pass them with -H 'Authorization: ...' or -H 'X-API-Key: ...'",
+    403: "the server refuses these credentials: check the -H values",
+    404: "check the URL path, and the model name in it",
+    405: "the URL does not take POST: check the path",
+    413: "the bodies are too large for the server: lower --inputs-per-request or use smaller --payload bodies",
+    415: "the server wants another content type: check the URL path",
+    422: "the server refuses the payload: check --payload against its input schema",
+    429: "the server is rate-limiting this client: lower --rate or --connections",
+    503: "the server is overloaded or not ready: lower the load, or wait for /ready",
+}
+
+
+def failure_message(s: Summary) -> str:
+    """One line on a run where no request succeeded: what came back, and what to check."""
+    if not s.requests:
+        return "no request was measured: lengthen --duration or shorten --warmup"
+    statuses = {int(code): count for code, count in s.statuses.items() if not 200 <= int(code) < 300}
+    top = max(statuses, key=statuses.__getitem__, default=None)
+    if top is not None and statuses[top] * 2 >= s.requests:
+        hint = _HINTS.get(top, "see the server's log")
+    elif s.transport_errors.get(BACKLOG_ERROR, 0) * 2 >= s.requests:
+        hint = "the client could not send at this rate: lower --rate or raise --connections"
+    elif s.transport_errors:
+        hint = "the connection failed: check that the server is up, speaks HTTP/1.1 and answers within --timeout"
+    else:
+        hint = "see the server's log"
+    return f"no request succeeded out of {s.requests:,} ({answers(s)}): {hint}"
 
 
 def _finite(value: Any) -> Any:

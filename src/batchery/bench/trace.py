@@ -7,18 +7,31 @@ periods, each a Poisson process at its own rate, from a fixed seed, so every ser
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from pathlib import Path
 
+from batchery.bench.spec import MAX_RATE
 from batchery.errors import ConfigError
 
 _BURSTY_KEYS = {"high": float, "low": float, "on": float, "off": float, "seed": int, "duration": float}
+_MAX_ARRIVALS = 10_000_000  # a trace is held in memory: about 80 MB of offsets at most
 
 
 def bursty(high: float, low: float, on: float, off: float, duration: float, seed: int = 0) -> list[float]:
     """Poisson arrivals at `high`/s for `on` s, then `low`/s for `off` s, repeated for `duration` s (seeded)."""
-    if high <= 0 or low < 0 or on <= 0 or off < 0 or duration <= 0:
-        raise ConfigError("a bursty trace needs high > 0, low >= 0, on > 0, off >= 0 and duration > 0")
+    if not all(map(math.isfinite, (high, low, on, off, duration))) or not (
+        high > 0 and low >= 0 and on > 0 and off >= 0 and duration > 0
+    ):
+        raise ConfigError("a bursty trace needs finite high > 0, low >= 0, on > 0, off >= 0 and duration > 0")
+    if max(high, low) > MAX_RATE:
+        raise ConfigError(f"a bursty trace's rates must be at most {MAX_RATE:,.0f} req/s (what one client can time)")
+    expected = (high * on + low * off) / (on + off) * duration
+    if expected > _MAX_ARRIVALS:
+        raise ConfigError(
+            f"the bursty trace would hold about {expected:,.0f} arrivals, more than {_MAX_ARRIVALS:,}; "
+            "shorten its duration or lower its rates"
+        )
     rng = random.Random(seed)
     offsets: list[float] = []
     period = on + off
@@ -77,9 +90,11 @@ def parse(text: str) -> list[float]:
 
 
 def check(offsets: list[float], where: str) -> list[float]:
-    """`offsets` if non-empty, non-negative and in order; else a ConfigError naming `where`."""
+    """`offsets` if non-empty, finite, non-negative and in order; else a ConfigError naming `where`."""
     if not offsets:
         raise ConfigError(f"the trace {where} has no arrivals; raise its rates or its duration")
+    if not all(map(math.isfinite, offsets)):
+        raise ConfigError(f"the trace {where} holds an offset that is not a finite number of seconds")
     if offsets[0] < 0 or any(b < a for a, b in itertools.pairwise(offsets)):
         raise ConfigError(f"the trace {where} must hold non-negative offsets in increasing order")
     return offsets
