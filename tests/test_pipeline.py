@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from batchery import Engine, Model
@@ -171,12 +172,22 @@ class Remote:
         self.fail_hits += 1
         return JSONResponse({"detail": "boom"}, status_code=500)
 
+    async def drip(self, request: Request) -> Response:
+        """Answers at once, then trickles its body a byte every 0.1 s: no single read ever times out."""
+
+        async def trickle() -> AsyncIterator[bytes]:
+            for _ in range(600):
+                await asyncio.sleep(0.1)
+                yield b" "
+
+        return StreamingResponse(trickle(), media_type="application/json")
+
 
 @pytest.fixture
 async def remote() -> AsyncIterator[Remote]:
     service = Remote()
     app = Starlette(
-        routes=[Route(f"/{n}", getattr(service, n), methods=["GET", "POST"]) for n in ("ok", "hang", "fail")]
+        routes=[Route(f"/{n}", getattr(service, n), methods=["GET", "POST"]) for n in ("ok", "hang", "fail", "drip")]
     )
     sock = bind("127.0.0.1", 0)  # listening already: requests wait in the backlog until uvicorn accepts
     service.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -231,6 +242,27 @@ async def test_async_remote_steps(remote: Remote) -> None:
         assert failed.json()["error"]["code"] == "bad_gateway"
         assert remote.fail_hits == 3  # a GET is idempotent: tried once and retried twice
         remote.release.set()
+
+
+async def test_remote_time_limits_bound_the_whole_call(remote: Remote) -> None:
+    """`timeout` is wall time for the call, retries and a trickling body included; a deadline cuts it shorter."""
+    _caller.base = remote.url  # type: ignore[attr-defined]
+    pipelines = [
+        Sequential("hangs", [AsyncStep(_caller("hang"))], remote=RemoteClient(timeout=1.0, retries=3)),
+        Sequential("drips", [AsyncStep(_caller("drip"))], remote=RemoteClient(timeout=1.0)),
+        Sequential("patient", [AsyncStep(_caller("hang"))], remote=RemoteClient(timeout=60)),
+    ]
+    async with running_server(pipelines) as server, httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        for name, headers in (("hangs", {}), ("drips", {}), ("patient", {"X-Request-Timeout-Ms": "1000"})):
+            started = time.monotonic()
+            answer = await http.post(f"/v1/models/{name}/predict", json={"input": 1}, headers=headers)
+            took = time.monotonic() - started
+            assert answer.status_code == 504, (name, answer.text)
+            # Before: 4 s for "hangs" (a 1 s timeout per attempt, 4 attempts), never for "drips" and "patient".
+            assert took < 3.0, (name, took)
+        message = answer.json()["error"]["message"]
+        assert "deadline" in message or "timed out" in message, message
+    remote.release.set()
 
 
 async def test_remote_client_does_not_retry_a_post(remote: Remote) -> None:

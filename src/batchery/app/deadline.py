@@ -85,7 +85,26 @@ async def infer_until(
             )
     except TimeoutError:
         handle.batcher.observer.rejected(handle.name, "deadline", len(inputs))
-        raise DeadlineExceeded(
-            f"the request's deadline of {max(0.0, remaining) * 1000:.0f} ms passed before its outputs were ready; "
-            f"retry with a larger {HEADER}, or later"
-        ) from None
+        raise _passed(remaining) from None
+
+
+async def infer_pipeline_until(engine: Engine, name: str, inputs: Sequence[Any], deadline: float | None) -> list[Any]:
+    """`engine.infer` of the pipeline `name`, answered with DeadlineExceeded (504) once `deadline` passes: its
+    stages skip what they had not started, and its async steps' remote calls end by the deadline too."""
+    if deadline is None:
+        return await engine.infer(name, inputs)
+    remaining = deadline - time.monotonic()
+    try:
+        if remaining <= 0:
+            raise TimeoutError
+        async with asyncio.timeout(remaining):
+            return await engine.infer(name, inputs, deadline=deadline)
+    except TimeoutError:
+        raise _passed(remaining) from None
+
+
+def _passed(remaining: float) -> DeadlineExceeded:
+    return DeadlineExceeded(
+        f"the request's deadline of {max(0.0, remaining) * 1000:.0f} ms passed before its outputs were ready; "
+        f"retry with a larger {HEADER}, or later"
+    )

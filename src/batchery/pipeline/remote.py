@@ -1,13 +1,19 @@
 """One shared, pooled HTTP client for async stages that call remote services.
 
-Connection limits and timeouts are bounded; idempotent calls are retried with exponential backoff on
-connection errors and 5xx answers. A remote that keeps failing is a 502 for that request, one that does not
-answer in time a 504; neither blocks other requests, since the call awaits on the event loop.
+Connection limits are bounded; idempotent calls are retried with exponential backoff on connection errors and
+5xx answers. `timeout` bounds the whole call in wall time, retries, backoff and a remote that trickles its answer
+included, and so does the request's deadline (`deadline_scope`, set by the pipeline). A remote that keeps
+failing is a 502 for that request, one that does not answer in time a 504; neither blocks other requests, since
+the call awaits on the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from batchery.errors import RemoteError, RemoteTimeout
@@ -16,6 +22,19 @@ if TYPE_CHECKING:
     import httpx
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
+#: The deadline (monotonic seconds) of the request whose async steps are running, if it has one.
+_deadline: ContextVar[float | None] = ContextVar("batchery_remote_deadline", default=None)
+
+
+@contextlib.contextmanager
+def deadline_scope(deadline: float | None) -> Iterator[None]:
+    """Remote calls started inside (and in tasks created inside) end by `deadline` at the latest."""
+    token = _deadline.set(deadline)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
 
 
 class RemoteClient:
@@ -55,35 +74,47 @@ class RemoteClient:
     async def request(self, method: str, url: str, *, idempotent: bool | None = None, **kwargs: Any) -> httpx.Response:
         """Send one request; retry idempotent ones (GET, PUT, ... or `idempotent=True`) on errors and 5xx.
 
-        Raise RemoteTimeout (504) when the remote does not answer in time, RemoteError (502) when it keeps
-        failing or answers 5xx; a 4xx answer is returned to the caller to judge.
+        Raise RemoteTimeout (504) when the remote has not answered, body included, within `timeout` seconds of
+        the call (or by the request's deadline, if sooner): attempts and backoff share that budget. Raise
+        RemoteError (502) when it keeps failing or answers 5xx; a 4xx answer is returned to the caller to judge.
         """
         import httpx
 
         method = method.upper()
         attempts = 1 + (self.retries if (idempotent if idempotent is not None else method in IDEMPOTENT) else 0)
         client = self.client
+        started = time.monotonic()
+        deadline = _deadline.get()
+        ends = started + self.timeout if deadline is None else min(started + self.timeout, deadline)
         for attempt in range(attempts):
-            last = attempt == attempts - 1
             try:
-                response = await client.request(method, url, **kwargs)
-            except httpx.TimeoutException as exc:
-                if last:
-                    raise RemoteTimeout(
-                        f"the remote service at {url} did not answer within {self.timeout:g}s; retry later"
-                    ) from exc
+                async with asyncio.timeout(ends - time.monotonic()):
+                    response = await client.request(method, url, **kwargs)
+            except (TimeoutError, httpx.TimeoutException) as exc:
+                raise self._timed_out(url, started, deadline) from exc
             except httpx.TransportError as exc:
-                if last:
+                if attempt == attempts - 1:
                     raise RemoteError(f"the remote service at {url} could not be reached: {exc!r}") from exc
             else:
                 if response.status_code < 500:
                     return response
-                if last:
+                if attempt == attempts - 1:
                     raise RemoteError(
                         f"the remote service at {url} answered {response.status_code} after {attempts} attempt(s)"
                     )
-            await asyncio.sleep(self.backoff * 2**attempt)
+            pause = self.backoff * 2**attempt
+            if time.monotonic() + pause >= ends:  # no time left for another attempt
+                raise self._timed_out(url, started, deadline)
+            await asyncio.sleep(pause)
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _timed_out(self, url: str, started: float, deadline: float | None) -> RemoteTimeout:
+        waited = time.monotonic() - started
+        if deadline is not None and deadline < started + self.timeout:
+            return RemoteTimeout(f"the request's deadline passed after {waited:.2g}s waiting for {url}")
+        return RemoteTimeout(
+            f"the remote service at {url} did not answer within {self.timeout:g}s (waited {waited:.2g}s); retry later"
+        )
 
     async def get_json(self, url: str, **kwargs: Any) -> Any:
         """GET `url` and decode its JSON body; a non-JSON or 4xx answer is a RemoteError."""

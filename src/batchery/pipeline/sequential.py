@@ -17,7 +17,7 @@ from batchery.errors import ConfigError, InvalidInput
 from batchery.gathering import gather_or_cancel
 from batchery.model import model_name
 from batchery.pipeline.base import Pipeline, stage
-from batchery.pipeline.remote import RemoteClient
+from batchery.pipeline.remote import RemoteClient, deadline_scope
 from batchery.workers.cpu_pool import CpuPool
 
 if TYPE_CHECKING:
@@ -79,7 +79,8 @@ class Sequential(Pipeline):
         values = payloads
         for step in self.steps:
             if isinstance(step, AsyncStep):
-                values = await gather_or_cancel(step.fn(value, self.remote) for value in values)
+                with deadline_scope(deadline):  # the request's deadline bounds its remote calls too
+                    values = await gather_or_cancel(step.fn(value, self.remote) for value in values)
             elif isinstance(step, CpuStep):
                 try:
                     values = await step.pool.map(step.fn, values)  # all admitted or none (413 if never)

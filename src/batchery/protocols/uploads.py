@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import Scope
 
+from batchery.app.deadline import infer_pipeline_until, infer_until, request_deadline, request_priority
 from batchery.config import Settings
 from batchery.engine import Engine
 from batchery.errors import BadRequest, InvalidInput, PayloadTooLarge
@@ -53,6 +54,7 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
     pipelines = engine.pipelines
     router = APIRouter(tags=["uploads"], route_class=_route_class(lambda s, name: name in pipelines or is_multipart(s)))
     max_items = settings.max_items
+    timeout = settings.request_timeout_ms / 1000.0
 
     async def predict(request: Request) -> Response:
         name = request.path_params["name"]
@@ -63,7 +65,12 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
             single = len(inputs) == 1
         else:
             inputs, single = native.decode(await request.body(), max_items=max_items)
-        outputs = await engine.infer(name, inputs)
+        deadline = request_deadline(request.scope, timeout)
+        if name in pipelines:
+            outputs = await infer_pipeline_until(engine, name, inputs, deadline)
+        else:
+            priority = request_priority(request.scope)
+            outputs, _ = await infer_until(engine, engine.handle(name), inputs, deadline, priority=priority)
         version = str(target.version)
         body = native.encode(outputs, single, model=name, version=version)
         return json_response(body, headers={"X-Model-Version": version})
