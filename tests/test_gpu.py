@@ -45,3 +45,30 @@ def test_a_model_on_a_gpu_lists_that_gpus_readings(monkeypatch: pytest.MonkeyPat
     handle = Engine([Served(EchoModel(), ModelSpec(devices="cuda:1"))], cores_available=2).handle("echo")
     (reading,) = handle.info().gpus or []
     assert reading == gpu.GpuReading(index=1, utilization=0.75, memory_used_bytes=5_000, memory_total_bytes=16_000)
+
+
+def test_cuda_n_runs_on_gpu_n_and_the_cpu_stays_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxruntime
+
+    from batchery.runtimes import onnx_impl
+
+    both = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: both)
+    assert onnx_impl.providers("cuda:1") == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    assert onnx_impl.providers("cuda") == [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+    assert onnx_impl.providers("cpu") == ["CPUExecutionProvider"]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert onnx_impl.providers("cuda:1") == ["CPUExecutionProvider"]
+
+
+def test_asking_for_cuda_without_a_gpu_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from batchery import spec
+
+    monkeypatch.setattr(spec, "_nvidia_device_present", lambda: False)
+    with caplog.at_level("WARNING", logger="batchery.engine"):
+        assert spec.resolve_devices("cpu,auto") == ["cpu", "cpu"]
+        assert not caplog.records
+        assert spec.resolve_devices("cuda:1") == ["cuda:1"]
+    assert "shows no NVIDIA device" in caplog.text

@@ -273,3 +273,10 @@ async def test_remote_client_does_not_retry_a_post(remote: Remote) -> None:
         assert remote.fail_hits == 1
     finally:
         await client.aclose()
+
+
+async def test_an_unknown_name_lists_the_pipelines_too() -> None:
+    async with running_server([Sequential("only", [Double()])]) as server, httpx.AsyncClient(base_url=server.url) as h:
+        answer = await h.post("/v1/models/nope/predict", json={"input": 1})
+    assert answer.status_code == 404
+    assert "this server serves: double, only" in answer.json()["error"]["message"]

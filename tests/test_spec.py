@@ -107,3 +107,11 @@ def test_specs_in_python_are_checked_too() -> None:
     with pytest.raises(ConfigError, match="max_delay_ms must be >= 0"):
         ModelSpec(max_delay_ms=-1.0)
     assert ModelSpec(threads_per_worker=1, max_queue_per_worker=1, max_delay_ms=0.0).threads_per_worker == 1
+
+
+@pytest.mark.parametrize(("attribute", "value"), [("max_queue_per_worker", 0), ("threads_per_worker", -1)])
+def test_limits_set_as_class_attributes_are_checked_too(attribute: str, value: int) -> None:
+    model = EchoModel()
+    setattr(model, attribute, value)
+    with pytest.raises(ConfigError, match=f"{attribute} must be >= 1, not {value}"):
+        Engine([model], cores_available=2)

@@ -99,7 +99,7 @@ class Engine:
     def handle(self, name: str) -> ModelHandle:
         handle = self.handles.get(name)
         if handle is None:
-            known = ", ".join(sorted(self.handles))
+            known = ", ".join(sorted([*self.handles, *self.pipelines])) or "nothing yet"
             raise ModelNotFound(f"no model named '{name}'; this server serves: {known}")
         return handle
 

@@ -104,7 +104,7 @@ class ModelHandle:
         self.lane_devices = [self.devices[index % len(self.devices)] for index in range(self.workers)]
         cpu_lanes = sum(1 for device in self.lane_devices if device == "cpu")
         threads = setting("threads_per_worker", None)
-        self.threads_per_worker = int(threads) if threads else max(1, total_cores // max(1, cpu_lanes))
+        self.threads_per_worker = int(threads) if threads is not None else max(1, total_cores // max(1, cpu_lanes))
         if threads or explicit_workers or per_device:
             check_thread_budget(self.name, cpu_lanes, self.threads_per_worker, total_cores)
         self.device = ",".join(self.devices)
@@ -114,6 +114,7 @@ class ModelHandle:
         self.max_delay_ms = float(setting("max_delay_ms", 5.0))
         self.max_queue_wait_ms = float(setting("max_queue_wait_ms", 0.0))
         self.policy = str(setting("batching", "adaptive"))
+        self.max_queue_per_worker = int(setting("max_queue_per_worker", 1024))
         self.status = "pending"
         self.load_seconds: float | None = None
         self.reloads = 0
@@ -124,7 +125,7 @@ class ModelHandle:
             max_batch_size=self.max_batch_size,
             max_delay=self.max_delay_ms / 1000.0,
             policy=self.policy,
-            max_queue=int(setting("max_queue_per_worker", 1024)) * self.workers,
+            max_queue=self.max_queue_per_worker * self.workers,
             cores=total_cores,
             elastic=self.elastic,
             observer=observer,
@@ -141,8 +142,9 @@ class ModelHandle:
         where = f"model '{self.name}'"
         if not callable(getattr(self.prototype, "predict", None)):
             raise ConfigError(f"{where} has no predict(batch) method. Hint: subclass batchery.Model")
-        if self.workers < 1 or self.max_batch_size < 1:
-            raise ConfigError(f"{where}: workers and max_batch_size must be >= 1")
+        for key in ("workers", "max_batch_size", "threads_per_worker", "max_queue_per_worker"):
+            if getattr(self, key) < 1:  # also for values set as class attributes, which no spec checked
+                raise ConfigError(f"{where}: {key} must be >= 1, not {getattr(self, key)}")
         if self.max_delay_ms < 0 or self.max_queue_wait_ms < 0:
             raise ConfigError(f"{where}: max_delay_ms and max_queue_wait_ms must be >= 0")
         if self.policy not in POLICIES:

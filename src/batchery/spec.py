@@ -6,6 +6,7 @@ The user's object is never modified: the handle reads a resolved `ModelSpec` ins
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ from typing import Any
 
 from batchery import cores
 from batchery.errors import ConfigError
+
+log = logging.getLogger("batchery.engine")
 
 #: Settings a config file or environment variable may override per model, with their types.
 OVERRIDABLE: dict[str, type] = {
@@ -165,6 +168,13 @@ def resolve_devices(devices: str) -> list[str]:
             resolved.append(device)
         else:
             raise ConfigError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N (several separated by commas)")
+    if any(device != "cpu" for device in resolved) and not _nvidia_device_present():
+        # Not refused: a model may reach a GPU some other way; but nobody should learn it from the latency.
+        log.warning(
+            "devices %r asks for CUDA, but this machine shows no NVIDIA device (no /dev/nvidiactl): ONNX Runtime "
+            "and torch will compute on the CPU, one single-threaded worker per device listed",
+            devices,
+        )
     return resolved or ["cpu"]
 
 

@@ -35,11 +35,13 @@ def load(path: Path | str, *, threads: int, device: str = "cpu") -> Any:
     return ort.InferenceSession(str(path), sess_options=options, providers=providers(device))
 
 
-def providers(device: str) -> list[str]:
-    """Execution providers for `device`: CUDA first where asked for and installed, the CPU always last."""
+def providers(device: str) -> list[Any]:
+    """Execution providers for `device`: CUDA first (on GPU N for "cuda:N") where asked for and installed, the CPU
+    always last."""
     import onnxruntime as ort
 
     available = set(ort.get_available_providers())
     if device.startswith("cuda") and "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        index = int(device.partition(":")[2] or 0)
+        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
