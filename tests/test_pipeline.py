@@ -20,6 +20,7 @@ from batchery import Engine, Model
 from batchery.errors import ConfigError, RemoteError
 from batchery.pipeline import AsyncStep, Pipeline, RemoteClient, Sequential, fan_out
 from batchery.server import bind
+from batchery.spec import ModelSpec, Served
 from batchery.testing import running_server
 
 
@@ -280,3 +281,15 @@ async def test_an_unknown_name_lists_the_pipelines_too() -> None:
         answer = await h.post("/v1/models/nope/predict", json={"input": 1})
     assert answer.status_code == 404
     assert "this server serves: double, only" in answer.json()["error"]["message"]
+
+
+async def test_a_config_sets_a_pipelines_name_and_version_and_nothing_else() -> None:
+    with pytest.raises(ConfigError, match="takes only name and version, not max_batch_size, workers"):
+        Engine([Served(Sequential("p", [Double()]), ModelSpec(workers=7, max_batch_size=3))], cores_available=2)
+    renamed = Served(Sequential("p", [Double()]), ModelSpec(name="q", version="7"))
+    async with running_server([renamed]) as server, httpx.AsyncClient(base_url=server.url) as h:
+        answer = await h.post("/v1/models/q/predict", json={"input": 2})
+        listed = {m["name"]: m for m in (await h.get("/v1/models")).json()["models"]}
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["X-Model-Version"] == "7"
+    assert listed["q"]["version"] == "7"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -87,8 +88,12 @@ def split_pipelines(entries: Sequence[Any]) -> tuple[list[Any], dict[str, Pipeli
             models.append(entry)
             continue
         handle = PipelineHandle(pipeline)
-        if isinstance(entry, Served) and entry.spec.name:  # a config file may rename it
-            handle.name = entry.spec.name
+        if isinstance(entry, Served):
+            _refuse_model_settings(entry, pipeline)
+            if entry.spec.name:  # a config file may rename it
+                handle.name = entry.spec.name
+            if entry.spec.version:
+                handle.version = entry.spec.version
         if handle.name in pipelines:
             raise ConfigError(f"two pipelines are named '{handle.name}'; give one a different `name`")
         pipelines[handle.name] = handle
@@ -98,6 +103,22 @@ def split_pipelines(entries: Sequence[Any]) -> tuple[list[Any], dict[str, Pipeli
     if clash:
         raise ConfigError(f"a pipeline and a model are both named {sorted(clash)}; rename one")
     return models, pipelines
+
+
+def _refuse_model_settings(entry: Served, pipeline: Pipeline) -> None:
+    """A pipeline has no batcher or workers of its own: settings meant for a model would silently do nothing."""
+    ignored = sorted(
+        f.name
+        for f in dataclasses.fields(entry.spec)
+        if f.name not in ("name", "version") and getattr(entry.spec, f.name) is not None
+    )
+    if ignored:
+        stages = ", ".join(model_name(stage) for stage in pipeline.stages()) or "none"
+        raise ConfigError(
+            f"pipeline '{entry.spec.name or pipeline.name}' takes only name and version, not {', '.join(ignored)}: "
+            f"batching, workers and devices belong to its stage models ({stages}); set them with "
+            "BATCHERY_MODEL_<STAGE>_<SETTING>"
+        )
 
 
 async def drain_pipelines(pipelines: Iterable[PipelineHandle], stage_drains: Sequence[Awaitable[None]]) -> None:

@@ -68,10 +68,10 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
         deadline = request_deadline(request.scope, timeout)
         if name in pipelines:
             outputs = await infer_pipeline_until(engine, name, inputs, deadline)
+            version = pipelines[name].version  # a config file may set it
         else:
             priority = request_priority(request.scope)
-            outputs, _ = await infer_until(engine, engine.handle(name), inputs, deadline, priority=priority)
-        version = str(target.version)
+            outputs, version = await infer_until(engine, engine.handle(name), inputs, deadline, priority=priority)
         body = native.encode(outputs, single, model=name, version=version)
         return json_response(body, headers={"X-Model-Version": version})
 
