@@ -74,3 +74,32 @@ async def test_process_steps_defined_in_the_served_file_over_http(tmp_path: Path
         twice = await http.post("/v1/models/twice/predict", json={"input": "abc"})
         assert twice.status_code == 200, twice.text
         assert twice.json()["output"] == "abc"
+
+
+PROCESS_MODEL = """
+import batchery
+from batchery.workers.process import ProcessModel
+
+
+class Shout(batchery.Model):
+    name = "shout"
+    workers = 1
+    example = "warm"
+
+    def predict(self, batch):
+        return [text.upper() + "!" for text in batch]
+
+
+Isolated = ProcessModel(Shout())
+"""
+
+
+async def test_a_process_model_whose_class_is_in_the_served_file_over_http(tmp_path: Path) -> None:
+    source = write(tmp_path / "isolated.py", PROCESS_MODEL)
+    async with (
+        running_server([loader.served(f"{source}:Isolated")]) as server,
+        httpx.AsyncClient(base_url=server.url, timeout=60) as http,
+    ):
+        answer = await http.post("/v1/models/shout/predict", json={"input": "hi"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["output"] == "HI!"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import pickle
 import time
 from collections import deque
 from multiprocessing.connection import Connection
@@ -18,6 +19,7 @@ from typing import Any
 
 from batchery.errors import BatcheryError
 from batchery.model import model_name
+from batchery.workers import file_modules
 
 log = logging.getLogger("batchery.workers")
 
@@ -36,7 +38,8 @@ class WorkerCrashed(BatcheryError):
 
 
 class ProcessModel:
-    """Wraps a picklable model (its class importable at module level); see the module docstring."""
+    """Wraps a picklable model (its class at module level, in a package or in a served file); see the module
+    docstring."""
 
     def __init__(
         self, model: Any, *, idempotent: bool | None = None, max_restarts: int = 3, window: float = 60.0
@@ -131,19 +134,31 @@ class ProcessModel:
     def _start(self) -> None:
         context = multiprocessing.get_context("spawn")  # never fork a process running an event loop and threads
         parent, child = context.Pipe()
-        process = context.Process(target=_serve, args=(child, self.model, self._device), daemon=True)
+        # The model goes as bytes, unpickled in the child after it learned the served files' module names
+        # (file_modules): a model class defined in a served file would otherwise fail before `_serve` runs.
+        blob = pickle.dumps(self.model)
+        args = (child, blob, file_modules.registered(), self._device)
+        process = context.Process(target=_serve, args=args, daemon=True)
         process.start()
         child.close()
-        kind, value = parent.recv()
+        try:
+            kind, value = parent.recv()
+        except EOFError:
+            process.join(5)
+            raise RuntimeError(
+                f"model '{self.name}': its worker process exited during set-up (exit code {process.exitcode})"
+            ) from None
         if kind == "error":
             process.join(5)
             raise RuntimeError(f"model '{self.name}' failed to set up in its worker process: {value}")
         self._process, self._conn = process, parent
 
 
-def _serve(conn: Connection, model: Any, device: str) -> None:
-    """The child: set the model up, then answer batches until the pipe closes."""
+def _serve(conn: Connection, blob: bytes, files: dict[str, str], device: str) -> None:
+    """The child: load and set the model up, then answer batches until the pipe closes."""
     try:
+        file_modules.install(files)
+        model = pickle.loads(blob)
         if hasattr(model, "setup"):
             model.setup(device)
     except Exception as exc:
