@@ -143,7 +143,7 @@ def test_server_settings_of_the_right_type_pass(tmp_path: Path) -> None:
         ("threads_per_worker = 0", "threads_per_worker must be >= 1, not 0"),
         ("threads_per_worker = -1", "threads_per_worker must be >= 1, not -1"),
         ("workers_per_device = 0", "workers_per_device must be >= 1, not 0"),
-        ("max_delay_ms = -1", "max_delay_ms must be >= 0, not -1"),
+        ("max_delay_ms = -1", "max_delay_ms must be a finite number >= 0, not -1"),
         ("devices = ['cpu', 1]", "devices must be a string"),
     ],
 )

@@ -103,6 +103,11 @@ def test_transparency_lies_on_white_and_16_bit_grey_is_scaled_not_clipped() -> N
     assert Image.open(io.BytesIO(buffer.getvalue())).mode.startswith("I")
     assert images.decode(buffer.getvalue())[0, 0].tolist() == [128, 128, 128]
 
+    for stored, shown in ((200, 200), (-5, 0), (40000, 156)):  # 32-bit TIFF: 8-bit values kept, negatives black
+        tiff = io.BytesIO()
+        Image.fromarray(np.full((2, 2), stored, dtype=np.int32), "I").save(tiff, "TIFF")
+        assert images.decode(tiff.getvalue())[0, 0].tolist() == [shown] * 3, stored
+
 
 def test_request_pixel_budget_counts_every_image_from_its_header() -> None:
     limits = images.ImageLimits(max_pixels=100 * 100, max_request_pixels=150 * 100)

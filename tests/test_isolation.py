@@ -12,6 +12,7 @@ import pytest
 from batchery._http_client import post_many
 from batchery.batching.isolate import predict_isolating
 from batchery.batching.oom import ItemError
+from batchery.engine import Engine
 from batchery.errors import BatcheryError, NotReady, PredictError
 from batchery.model import Model
 from batchery.testing import running_server
@@ -43,7 +44,8 @@ class Choosy(Model):
 
 def test_only_the_failing_input_fails_and_the_order_is_kept() -> None:
     model = Choosy()
-    outputs = predict_isolating(model.predict, [1, 2, 3, "poison", 5, 6, 7, 8], [], "choosy")
+    outputs, bisected = predict_isolating(model.predict, [1, 2, 3, "poison", 5, 6, 7, 8], [], "choosy")
+    assert bisected
     assert outputs[:3] == [2, 4, 6]
     assert outputs[4:] == [10, 12, 14, 16]
     assert isinstance(outputs[3], ItemError)
@@ -86,3 +88,37 @@ async def test_a_poisoned_batch_answers_every_other_request_over_http() -> None:
             assert response.status == 200, response.body
             assert orjson.loads(response.body)["output"] == i * 2
     assert max(lane_model.failed_batches) > 1  # the poison did share a batch with others
+
+
+class Steady(Model):
+    """10 ms a call whatever the batch; raises for a batch holding 'poison'."""
+
+    name = "steady"
+    max_batch_size = 8
+    max_delay_ms = 30
+    workers = 1
+    example = 1
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        time.sleep(0.01)
+        if "poison" in batch:
+            raise ValueError("poison")
+        return list(batch)
+
+
+async def test_a_bisected_batch_teaches_the_cost_model_nothing() -> None:
+    # Its time covers the failed call and every half retried: learnt as one batch's cost, a client sending bad
+    # inputs would inflate the cost model that queue-time limits, deadline shedding and flushing rely on.
+    engine = Engine([Steady()], cores_available=2)
+    await engine.start()
+    try:
+        costs = engine.handle("steady").batcher.costs
+        for _ in range(6):
+            await asyncio.gather(*(engine.infer("steady", [i]) for i in range(8)))
+        clean = costs.cost(8)
+        for _ in range(4):
+            batch = (engine.infer("steady", ["poison" if i == 3 else i]) for i in range(8))
+            await asyncio.gather(*batch, return_exceptions=True)
+        assert costs.cost(8) < 2 * clean, (clean, costs.cost(8))
+    finally:
+        await engine.stop(1)

@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from batchery import Engine, Model
-from batchery.errors import ConfigError, RemoteError
+from batchery.errors import ConfigError, ModelNotFound, RemoteError
 from batchery.pipeline import AsyncStep, Pipeline, RemoteClient, Sequential, fan_out
 from batchery.server import bind
 from batchery.spec import ModelSpec, Served
@@ -281,6 +281,8 @@ async def test_an_unknown_name_lists_the_pipelines_too() -> None:
         answer = await h.post("/v1/models/nope/predict", json={"input": 1})
     assert answer.status_code == 404
     assert "this server serves: double, only" in answer.json()["error"]["message"]
+    with pytest.raises(ModelNotFound, match="'only' is a pipeline: send its inputs to POST /v1/models/only/predict"):
+        server.engine.handle("only")  # what the KServe V2 and OpenAI routes ask
 
 
 async def test_a_config_sets_a_pipelines_name_and_version_and_nothing_else() -> None:
@@ -293,3 +295,36 @@ async def test_a_config_sets_a_pipelines_name_and_version_and_nothing_else() -> 
     assert answer.status_code == 200, answer.text
     assert answer.headers["X-Model-Version"] == "7"
     assert listed["q"]["version"] == "7"
+
+
+def _client_answering(handler: Any, **settings: Any) -> RemoteClient:
+    client = RemoteClient(**settings)
+    client._client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return client
+
+
+async def test_a_connect_timeout_is_retried_and_5xx_stays_a_502_when_time_runs_out() -> None:
+    calls: list[int] = []
+
+    async def flaky(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        if len(calls) == 1:
+            raise httpx.ConnectTimeout("no SYN-ACK", request=request)
+        return httpx.Response(200, json={"ok": True})
+
+    client = _client_answering(flaky, backoff=0.001)
+    try:
+        assert await client.get_json("http://remote/x") == {"ok": True}
+        assert len(calls) == 2
+    finally:
+        await client.aclose()
+
+    async def unavailable(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503)
+
+    client = _client_answering(unavailable, timeout=1.0, retries=3, backoff=0.5)  # no time for a third try
+    try:
+        with pytest.raises(RemoteError, match="answered 503"):
+            await client.get_json("http://remote/x")
+    finally:
+        await client.aclose()

@@ -89,7 +89,8 @@ def test_no_setting_name_ends_with_another_so_variables_split_one_way() -> None:
         ("MAX_QUEUE_PER_WORKER", "0", "max_queue_per_worker must be >= 1, not 0"),
         ("THREADS_PER_WORKER", "-1", "threads_per_worker must be >= 1, not -1"),
         ("THREADS_PER_WORKER", "0", "threads_per_worker must be >= 1, not 0"),
-        ("MAX_QUEUE_WAIT_MS", "nan", "max_queue_wait_ms must be >= 0, not nan"),
+        ("MAX_QUEUE_WAIT_MS", "nan", "max_queue_wait_ms must be a finite number >= 0, not nan"),
+        ("MAX_DELAY_MS", "inf", "max_delay_ms must be a finite number >= 0, not inf"),
     ],
 )
 def test_out_of_range_variables_are_refused_at_start_up(
@@ -104,7 +105,7 @@ def test_out_of_range_variables_are_refused_at_start_up(
 def test_specs_in_python_are_checked_too() -> None:
     with pytest.raises(ConfigError, match="max_queue_per_worker must be >= 1, not 0"):
         ModelSpec(max_queue_per_worker=0)
-    with pytest.raises(ConfigError, match="max_delay_ms must be >= 0"):
+    with pytest.raises(ConfigError, match="max_delay_ms must be a finite number >= 0"):
         ModelSpec(max_delay_ms=-1.0)
     assert ModelSpec(threads_per_worker=1, max_queue_per_worker=1, max_delay_ms=0.0).threads_per_worker == 1
 
@@ -115,3 +116,12 @@ def test_limits_set_as_class_attributes_are_checked_too(attribute: str, value: i
     setattr(model, attribute, value)
     with pytest.raises(ConfigError, match=f"{attribute} must be >= 1, not {value}"):
         Engine([model], cores_available=2)
+
+
+def test_a_mistyped_variable_of_a_served_model_is_refused_not_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCHERY_MODEL_ECHO_MAX_WORKERS", "4")  # no setting max_workers, no model echo-max
+    with pytest.raises(ConfigError, match="BATCHERY_MODEL_ECHO_MAX_WORKERS names no setting of model 'echo'"):
+        Engine([EchoModel()], cores_available=2)
+    monkeypatch.delenv("BATCHERY_MODEL_ECHO_MAX_WORKERS")
+    monkeypatch.setenv("BATCHERY_MODEL_OTHER_WORKERS", "4")  # another server's model: left alone
+    Engine([EchoModel()], cores_available=2)

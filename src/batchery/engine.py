@@ -22,7 +22,7 @@ from batchery.model import decode_all
 __all__ = ["Engine", "ModelHandle", "ModelInfo"]
 from batchery.observer import Observer
 from batchery.pipeline.handle import drain_pipelines, split_pipelines
-from batchery.spec import Served
+from batchery.spec import Served, check_model_env
 
 log = logging.getLogger("batchery.engine")
 
@@ -59,6 +59,7 @@ class Engine:
             if handle.name in self.handles:
                 raise ConfigError(f"two models are named '{handle.name}'; give one a different `name`")
             self.handles[handle.name] = handle
+        check_model_env(self.handles)
         self.ready = False
         self.accepting = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -98,6 +99,10 @@ class Engine:
 
     def handle(self, name: str) -> ModelHandle:
         handle = self.handles.get(name)
+        if handle is None and name in self.pipelines:
+            raise ModelNotFound(
+                f"'{name}' is a pipeline: send its inputs to POST /v1/models/{name}/predict (this route serves models)"
+            )
         if handle is None:
             known = ", ".join(sorted([*self.handles, *self.pipelines])) or "nothing yet"
             raise ModelNotFound(f"no model named '{name}'; this server serves: {known}")

@@ -172,8 +172,11 @@ def _converted(image: Any, mode: str) -> Any:
     from PIL import Image
 
     if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
-        wide = np.asarray(image).astype(np.uint32)
-        image = Image.fromarray((np.minimum(wide, 65535) >> 8).astype(np.uint8), "L")
+        wide = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
+        # 16-bit modes hold 0-65535; mode "I" (32-bit) may hold 8-bit values too (a TIFF), left as they are.
+        if image.mode != "I" or wide.max(initial=0) > 255:
+            wide = wide >> 8
+        image = Image.fromarray(wide.astype(np.uint8), "L")
     has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
     if has_alpha and "A" not in mode:
         rgba = image.convert("RGBA")

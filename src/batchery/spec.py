@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,8 +91,8 @@ class ModelSpec:
                 raise ConfigError(f"{key} must be >= 1, not {value!r}")
         for key in ("max_delay_ms", "max_queue_wait_ms"):
             value = getattr(self, key)
-            if value is not None and not value >= 0:  # `not >=` also refuses NaN
-                raise ConfigError(f"{key} must be >= 0, not {value!r}")
+            if value is not None and not 0 <= value < math.inf:  # also refuses NaN and infinity
+                raise ConfigError(f"{key} must be a finite number >= 0, not {value!r}")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], where: str) -> ModelSpec:
@@ -150,6 +151,28 @@ def from_env(name: str, env: Mapping[str, str] | None = None) -> ModelSpec:
             values[rest] = value
         # else: `rest` is `<more name>_<setting>`, a variable of a model whose name is longer than this one's.
     return ModelSpec.from_mapping(values, f"environment ({prefix}*)") if values else ModelSpec()
+
+
+def check_model_env(names: Iterable[str], env: Mapping[str, str] | None = None) -> None:
+    """Refuse a `BATCHERY_MODEL_*` variable that starts like a served model's but names none of its settings.
+
+    `from_env` leaves `<model>_<more>_<setting>` to a model with a longer name; when no served model has that
+    name, the variable is a typo (`BATCHERY_MODEL_M_MAX_WORKERS`), not somebody else's. Variables that match no
+    served model at all are left alone: a shared environment may configure other servers too.
+    """
+    env = os.environ if env is None else env
+    prefixes = {name: "BATCHERY_MODEL_" + name.upper().replace("-", "_").replace(".", "_") + "_" for name in names}
+    for key in env:
+        owners = [name for name, prefix in prefixes.items() if key.startswith(prefix)]
+        if not owners:
+            continue
+        owner = max(owners, key=lambda name: len(prefixes[name]))
+        rest = key[len(prefixes[owner]) :].lower()
+        if rest not in OVERRIDABLE:
+            raise ConfigError(
+                f"{key} names no setting of model '{owner}' (and no served model is named after it); "
+                f"settings: {', '.join(sorted(OVERRIDABLE))}"
+            )
 
 
 def _setting_suffix(rest: str) -> str | None:

@@ -245,7 +245,7 @@ class Batcher:
             for failed in result.failed_sizes:
                 self.cap.failed(failed)
             self.stats.oom_events += len(result.failed_sizes)
-        elif result.error is None:
+        elif result.error is None and not result.bisected:
             self.cap.succeeded(size)
             self.costs.observe(size, result.compute_seconds)
 

@@ -18,14 +18,19 @@ from batchery.errors import BatcheryError, PredictError
 
 def predict_isolating(
     predict: Callable[[list[Any]], Any], payloads: list[Any], failed_sizes: list[int], model_name: str
-) -> list[Any]:
+) -> tuple[list[Any], bool]:
     """`predict(payloads)`; if it raises, the inputs that fail alone get an `ItemError` each, the rest outputs.
 
-    A batch of one raises as it always did: there is nothing to isolate.
+    Also returns whether the batch was bisected. A batch of one raises as it always did: nothing to isolate.
     """
     if len(payloads) == 1:
-        return predict_splitting(predict, payloads, failed_sizes)
-    return _bisect(predict, payloads, failed_sizes, model_name)
+        return predict_splitting(predict, payloads, failed_sizes), False
+    try:
+        return predict_splitting(predict, payloads, failed_sizes), False
+    except BatcheryError:
+        raise
+    except Exception:
+        return _halves(predict, payloads, failed_sizes, model_name), True
 
 
 def _bisect(predict: Callable[[list[Any]], Any], payloads: list[Any], failed: list[int], name: str) -> list[Any]:
@@ -38,5 +43,9 @@ def _bisect(predict: Callable[[list[Any]], Any], payloads: list[Any], failed: li
             error = PredictError(f"model '{name}' failed on this input (the rest of its batch was answered): {exc!r}")
             error.__cause__ = exc
             return [ItemError(error)]
+    return _halves(predict, payloads, failed, name)
+
+
+def _halves(predict: Callable[[list[Any]], Any], payloads: list[Any], failed: list[int], name: str) -> list[Any]:
     middle = len(payloads) // 2
     return _bisect(predict, payloads[:middle], failed, name) + _bisect(predict, payloads[middle:], failed, name)

@@ -86,12 +86,15 @@ class Lane:
         failed_sizes: list[int] = []
         try:
             with granted(batch.cores):
-                outputs = predict_isolating(self._checked_predict, batch.payloads, failed_sizes, self.model_name)
+                outputs, bisected = predict_isolating(
+                    self._checked_predict, batch.payloads, failed_sizes, self.model_name
+                )
             encode = model.encode_response
             encoded = [output if isinstance(output, ItemError) else encode(output) for output in outputs]
         except Exception as exc:  # one bad batch must never end the lane
             return BatchResult(batch, None, exc, time.perf_counter() - started, self.version, failed_sizes)
-        return BatchResult(batch, encoded, None, time.perf_counter() - started, self.version, failed_sizes)
+        elapsed = time.perf_counter() - started
+        return BatchResult(batch, encoded, None, elapsed, self.version, failed_sizes, bisected)
 
     def _checked_predict(self, payloads: list[Any]) -> list[Any]:
         outputs = self.model.predict(payloads)

@@ -44,3 +44,6 @@ class BatchResult:
     version: str = ""
     #: Batch sizes that ran out of memory while computing this batch (it was split and retried).
     failed_sizes: list[int] = field(default_factory=list)
+    #: True when the batch failed and was bisected to isolate its bad inputs (`isolate.py`): its compute time
+    #: covers several calls, so it says nothing about what a batch of this size costs.
+    bisected: bool = False

@@ -270,7 +270,8 @@ async def _drive(run: _Run) -> None:
             senders = [asyncio.create_task(_closed_sender(run)) for _ in range(spec.connections)]
             tasks.extend(senders)
         else:
-            due: asyncio.Queue[float | None] = asyncio.Queue(maxsize=_BACKLOG)
+            # Room for the backlog, and for the one stop marker per sender queued at the end (-c may pass 10,000).
+            due: asyncio.Queue[float | None] = asyncio.Queue(maxsize=_BACKLOG + spec.connections)
             senders = [asyncio.create_task(_open_sender(run, due)) for _ in range(spec.connections)]
             scheduler = asyncio.create_task(_schedule(run, due))
             tasks.extend([*senders, scheduler])

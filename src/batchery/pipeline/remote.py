@@ -87,24 +87,27 @@ class RemoteClient:
         deadline = _deadline.get()
         ends = started + self.timeout if deadline is None else min(started + self.timeout, deadline)
         for attempt in range(attempts):
+            failure: RemoteError | RemoteTimeout
             try:
                 async with asyncio.timeout(ends - time.monotonic()):
                     response = await client.request(method, url, **kwargs)
-            except (TimeoutError, httpx.TimeoutException) as exc:
+            except TimeoutError as exc:  # the whole budget is spent
                 raise self._timed_out(url, started, deadline) from exc
+            except httpx.TimeoutException as exc:  # one phase (connect, a free pooled connection): try again
+                failure = RemoteTimeout(f"the remote service at {url} timed out ({type(exc).__name__})")
+                failure.__cause__ = exc
             except httpx.TransportError as exc:
-                if attempt == attempts - 1:
-                    raise RemoteError(f"the remote service at {url} could not be reached: {exc!r}") from exc
+                failure = RemoteError(f"the remote service at {url} could not be reached: {exc!r}")
+                failure.__cause__ = exc
             else:
                 if response.status_code < 500:
                     return response
-                if attempt == attempts - 1:
-                    raise RemoteError(
-                        f"the remote service at {url} answered {response.status_code} after {attempts} attempt(s)"
-                    )
+                failure = RemoteError(
+                    f"the remote service at {url} answered {response.status_code} after {attempt + 1} attempt(s)"
+                )
             pause = self.backoff * 2**attempt
-            if time.monotonic() + pause >= ends:  # no time left for another attempt
-                raise self._timed_out(url, started, deadline)
+            if attempt == attempts - 1 or time.monotonic() + pause >= ends:  # no attempt, or no time, left
+                raise failure
             await asyncio.sleep(pause)
         raise AssertionError("unreachable: the last attempt returns or raises")
 

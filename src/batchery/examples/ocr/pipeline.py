@@ -46,7 +46,8 @@ class OcrPipeline(Pipeline):
         return images.from_json(item, self.image_limits)
 
     async def run(self, engine: Engine, payloads: list[Any], deadline: float | None) -> list[Any]:
-        await self.decoding.run(images.check_request_pixels, payloads, self.image_limits)
+        if len(payloads) > 1 and self.image_limits.max_request_pixels is not None:  # headers only, off the loop
+            await self.decoding.run(images.check_request_pixels, payloads, self.image_limits)
         pictures = await asyncio.gather(*(self._decode(data) for data in payloads))
         detected: list[Detected] = await stage(engine, self.detector.name, pictures, deadline)
         crops = [found.crops for found in detected]
