@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from batchery._http_client import post_many
+from batchery.config import Settings
 from batchery.errors import ConfigError
 from batchery.server import Server, bind
 from batchery.testing import EchoModel, FailingModel, SleepModel, WrongCountModel, running_server
@@ -251,3 +252,44 @@ def test_serve_on_a_taken_port_exits_2_with_one_line() -> None:
     assert done.stderr == f"batchery: cannot listen on 127.0.0.1:{port}: address already in use " + (
         "(another server running? pick --port)\n"
     )
+
+
+class _FailingMiddleware:
+    """Raises before the app for one path, as a buggy outer middleware (auth, rate limit) would."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].endswith("/boom"):
+            raise RuntimeError("middleware bug")
+        await self.app(scope, receive, send)
+
+
+@pytest.mark.parametrize(
+    ("path", "shape"),
+    [
+        ("/v1/models/echo/boom", {"error": {"code": "internal_error", "message": "internal error: RuntimeError"}}),
+        ("/v2/models/echo/boom", {"error": "internal error: RuntimeError"}),
+    ],
+)
+async def test_an_error_in_an_outer_middleware_is_still_a_json_500(path: str, shape: dict[str, Any]) -> None:
+    server = Server([EchoModel()], Settings.load({"port": 0, "log_level": "error"}))
+    server.app.add_middleware(_FailingMiddleware)  # outside every middleware of the app
+    task = asyncio.create_task(server.serve(bind("127.0.0.1", 0)))
+    try:
+        await server.started.wait()
+        await server.app.state.loading
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            response = await http.get(path)
+            after = await http.post("/v1/models/echo/predict", json={"input": 1})
+    finally:
+        server.stop()
+        await task
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    message = body["error"]["message"] if isinstance(body["error"], dict) else body["error"]
+    expected = shape["error"]["message"] if isinstance(shape["error"], dict) else shape["error"]
+    assert message.startswith(expected), body
+    assert after.status_code == 200

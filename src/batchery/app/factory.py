@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
+from batchery import protocols
 from batchery._version import __version__
 from batchery.app import admin, dashboard, failures, openapi, proxy
 from batchery.app.limits import BodyLimit
@@ -61,6 +62,7 @@ def create_app(
     app.state.engine = engine
     app.state.settings = settings
     app.add_exception_handler(BatcheryError, _handle_error)
+    app.add_exception_handler(Exception, _outermost_failure)  # a middleware that raised: Unexpected is inside it
     app.add_middleware(failures.Unexpected)  # added first: innermost, inside every other middleware
     app.state.drain_started = None
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, metrics=metrics)
@@ -85,6 +87,12 @@ def create_app(
     app.include_router(dashboard.routes(engine, settings))
     openapi.describe(app)  # real shapes for the routes that render bytes by hand (/docs, schemathesis)
     return app
+
+
+async def _outermost_failure(request: Request, exc: Exception) -> Response:
+    """The last resort, outside every middleware (Starlette's ServerErrorMiddleware, which then re-raises it for the
+    server's log): a JSON 500 in the route's protocol shape instead of a text/plain one."""
+    return protocols.error_response(request.url.path, BatcheryError(f"internal error: {exc!r}"))
 
 
 async def _handle_error(request: Request, exc: Exception) -> Response:
