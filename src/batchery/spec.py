@@ -138,7 +138,7 @@ def from_env(name: str, env: Mapping[str, str] | None = None) -> ModelSpec:
     `BATCHERY_MODEL_A_B_WORKERS` is `a-b`'s alone (the longest name wins), not an unknown setting of `a`.
     """
     env = os.environ if env is None else env
-    prefix = "BATCHERY_MODEL_" + name.upper().replace("-", "_").replace(".", "_") + "_"
+    prefix = _env_prefix(name)
     values: dict[str, str] = {}
     for key, value in env.items():
         if not key.startswith(prefix):
@@ -161,7 +161,7 @@ def check_model_env(names: Iterable[str], env: Mapping[str, str] | None = None) 
     served model at all are left alone: a shared environment may configure other servers too.
     """
     env = os.environ if env is None else env
-    prefixes = {name: "BATCHERY_MODEL_" + name.upper().replace("-", "_").replace(".", "_") + "_" for name in names}
+    prefixes = {name: _env_prefix(name) for name in names}
     for key in env:
         owners = [name for name, prefix in prefixes.items() if key.startswith(prefix)]
         if not owners:
@@ -173,6 +173,11 @@ def check_model_env(names: Iterable[str], env: Mapping[str, str] | None = None) 
                 f"{key} names no setting of model '{owner}' (and no served model is named after it); "
                 f"settings: {', '.join(sorted(OVERRIDABLE))}"
             )
+
+
+def _env_prefix(name: str) -> str:
+    """`BATCHERY_MODEL_<NAME>_`: the model's name upper-cased, `-` and `.` as `_`."""
+    return "BATCHERY_MODEL_" + name.upper().replace("-", "_").replace(".", "_") + "_"
 
 
 def _setting_suffix(rest: str) -> str | None:

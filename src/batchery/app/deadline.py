@@ -9,13 +9,15 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 from starlette.types import Scope
 
 from batchery.engine import Engine, ModelHandle
 from batchery.errors import BadRequest, DeadlineExceeded
+
+T = TypeVar("T")
 
 HEADER = "X-Request-Timeout-Ms"
 _HEADER_KEY = HEADER.lower().encode()
@@ -75,17 +77,12 @@ async def infer_until(
     """
     if deadline is None:
         return await engine.infer_versioned(handle.name, inputs, client=client, priority=priority)
-    remaining = deadline - time.monotonic()
-    try:
-        if remaining <= 0:
-            raise TimeoutError
-        async with asyncio.timeout(remaining):
-            return await engine.infer_versioned(
-                handle.name, inputs, deadline=deadline, client=client, priority=priority
-            )
-    except TimeoutError:
+
+    def late() -> None:
         handle.batcher.observer.rejected(handle.name, "deadline", len(inputs))
-        raise _passed(remaining) from None
+
+    compute = engine.infer_versioned(handle.name, inputs, deadline=deadline, client=client, priority=priority)
+    return await _by(deadline, compute, late)
 
 
 async def infer_pipeline_until(engine: Engine, name: str, inputs: Sequence[Any], deadline: float | None) -> list[Any]:
@@ -93,18 +90,21 @@ async def infer_pipeline_until(engine: Engine, name: str, inputs: Sequence[Any],
     stages skip what they had not started, and its async steps' remote calls end by the deadline too."""
     if deadline is None:
         return await engine.infer(name, inputs)
+    return await _by(deadline, engine.infer(name, inputs, deadline=deadline))
+
+
+async def _by(deadline: float, compute: Coroutine[Any, Any, T], late: Callable[[], None] = lambda: None) -> T:
+    """`compute`'s result, or DeadlineExceeded once `deadline` passes (at once if it has: `compute` never runs)."""
     remaining = deadline - time.monotonic()
     try:
         if remaining <= 0:
+            compute.close()
             raise TimeoutError
         async with asyncio.timeout(remaining):
-            return await engine.infer(name, inputs, deadline=deadline)
+            return await compute
     except TimeoutError:
-        raise _passed(remaining) from None
-
-
-def _passed(remaining: float) -> DeadlineExceeded:
-    return DeadlineExceeded(
-        f"the request's deadline of {max(0.0, remaining) * 1000:.0f} ms passed before its outputs were ready; "
-        f"retry with a larger {HEADER}, or later"
-    )
+        late()
+        raise DeadlineExceeded(
+            f"the request's deadline of {max(0.0, remaining) * 1000:.0f} ms passed before its outputs were ready; "
+            f"retry with a larger {HEADER}, or later"
+        ) from None

@@ -23,13 +23,13 @@ def predict_isolating(
 
     Also returns whether the batch was bisected. A batch of one raises as it always did: nothing to isolate.
     """
-    if len(payloads) == 1:
-        return predict_splitting(predict, payloads, failed_sizes), False
     try:
         return predict_splitting(predict, payloads, failed_sizes), False
     except BatcheryError:
         raise
     except Exception:
+        if len(payloads) == 1:
+            raise
         return _halves(predict, payloads, failed_sizes, model_name), True
 
 
