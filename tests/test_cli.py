@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from batchery.cli import build_parser
+from batchery.cli import build_parser, parse_args
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -156,9 +156,31 @@ def test_boolean_variables_and_flags_are_read_strictly(monkeypatch: pytest.Monke
     with pytest.raises(ConfigError, match=r"BATCHERY_WATCH='maybe' is not valid: use true or false"):
         Settings.load()
     with pytest.raises(SystemExit) as info:
-        build_parser().parse_args(["serve", "--watch", "maybe"])
+        parse_args(["serve", "--watch=maybe"])
     assert info.value.code == 2
-    assert build_parser().parse_args(["serve", "--dashboard", "false"]).dashboard is False
+    assert parse_args(["serve", "--dashboard", "false"]).dashboard is False
+
+
+@pytest.mark.parametrize(
+    ("argv", "watch", "targets"),
+    [
+        (["serve", "--watch", "app.py:A"], True, ["app.py:A"]),  # a bare flag does not swallow the target
+        (["serve", "app.py:A", "--watch"], True, ["app.py:A"]),
+        (["serve", "--watch", "off", "app.py:A"], False, ["app.py:A"]),
+        (["serve", "--watch=yes", "app.py:A"], True, ["app.py:A"]),
+        (["serve", "--no-watch", "app.py:A", "b.py:B"], False, ["app.py:A", "b.py:B"]),
+        (["serve", "app.py:A"], None, ["app.py:A"]),
+        (["serve", "--", "--watch"], None, ["--watch"]),
+    ],
+)
+def test_a_boolean_flag_alone_means_true(argv: list[str], watch: bool | None, targets: list[str]) -> None:
+    args = parse_args(argv)
+    assert (args.watch, args.targets) == (watch, targets)
+
+
+def test_bench_arguments_are_left_as_they_are() -> None:
+    args = parse_args(["bench", "http://127.0.0.1:1/x", "-c", "4"])
+    assert (args.command, args.connections) == ("bench", [4])
 
 
 def test_an_unreadable_boolean_variable_stops_the_server() -> None:

@@ -25,8 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
     for f in dataclasses.fields(Settings):
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{f.metadata['help']} (env {env_name(f.name)}, default {f.default!r})"
-        kind = _boolean if isinstance(f.default, bool) else type(f.default)  # bool("false") would be True
-        serve.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
+        if isinstance(f.default, bool):  # bool("false") would be True; see `_spelled_out` for the bare forms
+            help_text += f"; {flag} alone means true, --no-{flag[2:]} false"
+            serve.add_argument(flag, dest=f.name, type=_boolean, default=None, metavar="true|false", help=help_text)
+        else:
+            serve.add_argument(flag, dest=f.name, type=type(f.default), default=None, help=help_text)
     from batchery.bench import cli as bench_cli
 
     bench_cli.add_parser(commands)
@@ -40,8 +43,56 @@ def _boolean(raw: str) -> bool:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def _boolean_flags() -> set[str]:
+    return {"--" + f.name.replace("_", "-") for f in dataclasses.fields(Settings) if isinstance(f.default, bool)}
+
+
+def _spelled_out(argv: Sequence[str]) -> list[str]:
+    """`serve`'s boolean flags with their value attached: `--watch` alone is `--watch=true`, `--no-watch` is
+    `--watch=false`, and `--watch off` is `--watch=off`. A bare flag then never swallows the target after it
+    (`--watch app.py:A`), and the documented `--watch true` keeps working."""
+    args = list(argv)
+    command = next((i for i, token in enumerate(args) if not token.startswith("-")), None)
+    if command is None or args[command] != "serve":
+        return args
+    flags = _boolean_flags()
+    out, rest = args[: command + 1], args[command + 1 :]
+    i = 0
+    while i < len(rest):
+        token = rest[i]
+        i += 1
+        if token == "--":  # everything after it is a target
+            out.extend(rest[i - 1 :])
+            break
+        negated = "--" + token[len("--no-") :] if token.startswith("--no-") else None
+        if negated in flags:
+            out.append(f"{negated}=false")
+        elif token in flags:
+            value = "true"
+            if i < len(rest) and _is_boolean(rest[i]):
+                value = rest[i]
+                i += 1
+            out.append(f"{token}={value}")
+        else:
+            out.append(token)
+    return out
+
+
+def _is_boolean(word: str) -> bool:
+    try:
+        parse_bool(word)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line read as `batchery` reads it (argparse exits 2 with a message on a mistake)."""
+    return build_parser().parse_args(_spelled_out(argv))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     from batchery.runtimes.onnx_impl import opt_out_of_telemetry
 
     opt_out_of_telemetry()  # before a model file imports onnxruntime
