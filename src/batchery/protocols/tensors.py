@@ -205,11 +205,11 @@ def _flatten(where: str, data: Any, shape: list[int]) -> list[Any]:
                 if depth == len(dims):
                     dims.append(len(value))
                 if dims[depth] != len(value) or (leaf_depth is not None and depth >= leaf_depth):
-                    raise BadRequest(f"{where}: data is not a regular array: its lists differ in length or depth")
+                    raise _ragged(where)
                 stack.append(iter(value))
                 break
             if leaf_depth not in (None, depth) or depth != len(dims):
-                raise BadRequest(f"{where}: data is not a regular array: its lists differ in length or depth")
+                raise _ragged(where)
             leaf_depth = depth
             flat.append(value)
         else:
@@ -239,16 +239,19 @@ def _check_depth(where: str, depth: int, shape: list[int]) -> None:
     if depth == 0:
         raise BadRequest(f"{where}: data must be a list, flat in row-major order or nested as deep as the shape")
     raise BadRequest(
-        f"{where}: data is nested {depth} lists deep, but shape {shape} has {len(shape)} dimensions; "
-        "send it flat, as one list in row-major order, or nested as deep as the shape"
+        f"{where}: data is nested {depth} lists deep, but shape {shape} has {len(shape)} dimensions; {_SEND}"
     )
+
+
+_SEND = "send it flat, as one list in row-major order, or nested as deep as the shape"
 
 
 def _too_deep(where: str, shape: list[int]) -> BadRequest:
-    return BadRequest(
-        f"{where}: data is nested deeper than its shape {shape} allows; "
-        "send it flat, as one list in row-major order, or nested as deep as the shape"
-    )
+    return BadRequest(f"{where}: data is nested deeper than its shape {shape} allows; {_SEND}")
+
+
+def _ragged(where: str) -> BadRequest:
+    return BadRequest(f"{where}: data is not a regular array: its lists differ in length or depth")
 
 
 def _kind_name(kind: str) -> str:
