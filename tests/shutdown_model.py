@@ -10,7 +10,8 @@ from batchery.model import Model
 
 
 class Recorder(Model):
-    """Echoes after a short sleep, appending each computed input to the file named by $BATCHERY_TEST_RECORD."""
+    """Echoes after a short sleep ($BATCHERY_TEST_BATCH_SECONDS, default 0.05), appending each computed input to
+    the file named by $BATCHERY_TEST_RECORD."""
 
     name = "recorder"
     example = "warm-up"
@@ -19,9 +20,10 @@ class Recorder(Model):
 
     def setup(self, device: str) -> None:
         self.path = os.environ["BATCHERY_TEST_RECORD"]
+        self.seconds = float(os.environ.get("BATCHERY_TEST_BATCH_SECONDS", "0.05"))
 
     def predict(self, batch: list[Any]) -> list[Any]:
-        time.sleep(0.05)
+        time.sleep(self.seconds)
         computed = [item for item in batch if item != "warm-up"]
         if computed:
             with open(self.path, "a") as record:

@@ -51,7 +51,26 @@ def test_split_and_retry_keeps_order_and_fails_only_the_huge_input() -> None:
     assert isinstance(outputs[4], ItemError)
     assert isinstance(outputs[4].error, PayloadTooLarge)
     assert outputs[5:] == [12, 14]
-    assert failed[0] == 7
+
+
+def test_only_sizes_that_failed_for_their_size_are_recorded() -> None:
+    failed: list[int] = []
+    assert predict_splitting(HiddenLimitModel(fits=3).predict, [1, 2, 3, 4, 5, 6, 7], failed) == [
+        2,
+        4,
+        6,
+        8,
+        10,
+        12,
+        14,
+    ]
+    assert failed == [4, 7]  # [4..7] failed and both its halves fit: its size was too big, then the whole batch
+    # One input too large even alone explains every failure on its way down: the cap must not learn 8, 4, 2, 1
+    # from it (a single client's huge input cut everyone's batches to 1 and throughput by 60%).
+    failed.clear()
+    outputs = predict_splitting(HiddenLimitModel(fits=8).predict, [1, 2, 3, "huge", 5, 6, 7, 8], failed)
+    assert isinstance(outputs[3], ItemError)
+    assert failed == []
 
 
 def test_cap_decreases_multiplicatively_and_grows_back_below_the_failing_size() -> None:

@@ -20,8 +20,15 @@ HERE = Path(__file__).resolve().parent
 WORKERS = 16
 
 
-async def start_server(record: Path) -> tuple[asyncio.subprocess.Process, str, asyncio.Task[list[str]]]:
-    env = {**os.environ, "BATCHERY_TEST_RECORD": str(record), "BATCHERY_DRAIN_SECONDS": "30"}
+async def start_server(
+    record: Path, *, drain_seconds: float = 30, batch_seconds: float = 0.05
+) -> tuple[asyncio.subprocess.Process, str, asyncio.Task[list[str]]]:
+    env = {
+        **os.environ,
+        "BATCHERY_TEST_RECORD": str(record),
+        "BATCHERY_DRAIN_SECONDS": str(drain_seconds),
+        "BATCHERY_TEST_BATCH_SECONDS": str(batch_seconds),
+    }
     process = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).parent / "batchery"), "serve", f"{HERE / 'shutdown_model.py'}:Recorder",
         "--port", "0", "--log-level", "info",
@@ -111,3 +118,37 @@ async def load_then_sigterm(
     assert set(computed) == set(answered)
     assert any(at > signalled for at in answered.values()), "no request in flight at SIGTERM finished after it"
     assert set(other) <= {503}
+
+
+async def test_requests_the_drain_time_cannot_finish_get_a_retryable_503_not_a_500(tmp_path: Path) -> None:
+    # 16 inputs of 0.5 s batches of 4 are 2 s of work; the drain allows 1 s. Before the fix uvicorn cancelled
+    # the handlers still waiting at the deadline, and each answered a text/plain 500 with a traceback logged.
+    process, url, stderr = await start_server(tmp_path / "computed", drain_seconds=1, batch_seconds=0.5)
+    connections: list[Connection] = []
+    try:
+        connections = [await Connection.open(url) for _ in range(16)]
+        requests = [
+            asyncio.create_task(c.request("POST", "/v1/models/recorder/predict", orjson.dumps({"input": f"r{i}"})))
+            for i, c in enumerate(connections)
+        ]
+        await asyncio.sleep(0.3)  # all 16 accepted and queued
+        process.send_signal(signal.SIGTERM)
+        responses = await asyncio.wait_for(asyncio.gather(*requests), 30)
+        code = await asyncio.wait_for(process.wait(), 30)
+    finally:
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                await connection.close()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    log = "".join(await stderr)
+    statuses = sorted(response.status for response in responses)
+    assert code == 0, log
+    assert set(statuses) == {200, 503}, (statuses, log)
+    for response in responses:
+        if response.status == 503:
+            assert response.headers.get("retry-after") == "1"
+            assert "drain time (1s) ran out" in orjson.loads(response.body)["error"]["message"]
+    assert "Traceback" not in log
+    assert "answered with 503" in log

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,9 @@ class Settings:
     max_body_bytes: int = _setting(8 * 1024 * 1024, "largest request body accepted (413 above)")
     max_items: int = _setting(256, "most inputs in one request (413 above)")
     drain_seconds: float = _setting(30.0, "on shutdown, how long queued and running requests may take to finish")
+    load_timeout_seconds: float = _setting(
+        600.0, "how long a model's setup and warm-up may take, at start-up or in a reload (0: no limit)"
+    )
     workers: int = _setting(0, "worker lanes per model (0: the model's own setting, else one per core)")
     watch: bool = _setting(False, "reload a model when the file it was loaded from changes (checked every second)")
     dashboard: bool = _setting(True, "serve the live dashboard at GET /dashboard (its data needs the admin key)")
@@ -70,8 +74,11 @@ class Settings:
         for name in ("max_body_bytes", "max_items"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
-        if self.drain_seconds < 0 or self.workers < 0:
-            raise ConfigError("drain_seconds and workers must be >= 0")
+        if self.workers < 0:
+            raise ConfigError("workers must be >= 0")
+        for name in ("drain_seconds", "load_timeout_seconds"):
+            if not 0 <= getattr(self, name) < math.inf:  # also refuses NaN
+                raise ConfigError(f"{name} must be a finite number >= 0, not {getattr(self, name)}")
         for name in ("max_header_bytes", "header_timeout_seconds", "body_timeout_seconds", "keep_alive_seconds"):
             if not getattr(self, name) > 0:  # `not >` also refuses NaN
                 raise ConfigError(f"{name} must be > 0")

@@ -26,6 +26,9 @@ from batchery.spec import Served, check_model_env
 
 log = logging.getLogger("batchery.engine")
 
+#: How many version swaps one request's inputs are computed again for, to come from a single version.
+_SWAPS_OUTLIVED = 3
+
 
 class Engine:
     """Owns every model's handle; `infer` is the one entry point protocols call."""
@@ -37,8 +40,12 @@ class Engine:
         cores_available: int | None = None,
         workers: int | None = None,
         observer: Observer | None = None,
+        load_timeout: float = 0.0,
     ) -> None:
-        """`models`: model objects, pipelines, or `Served` records (a model with its settings and re-importer)."""
+        """`models`: model objects, pipelines, or `Served` records (a model with its settings and re-importer).
+
+        `load_timeout`: seconds each model's setup and warm-up may take, at start-up and in a reload (0: no limit).
+        """
         if not models:
             raise ConfigError("no model to serve. Hint: pass at least one model")
         total = cores_available or cores.available()
@@ -54,8 +61,9 @@ class Engine:
                 spec=served.spec,
                 observer=observer,
                 reimport=served.reimport,
+                files=served.files,
             )
-            handle.watch_files = list(served.files)
+            handle.load_timeout = load_timeout
             if handle.name in self.handles:
                 raise ConfigError(f"two models are named '{handle.name}'; give one a different `name`")
             self.handles[handle.name] = handle
@@ -92,6 +100,10 @@ class Engine:
         self.close()
         for pipeline in self.pipelines.values():
             await pipeline.pipeline.aclose()
+
+    def abort(self, error: BaseException) -> int:
+        """Answer every queued and computing input of every model with `error`; return how many there were."""
+        return sum(handle.batcher.abort(error) for handle in self.handles.values())
 
     def close(self) -> None:
         for handle in self.handles.values():
@@ -159,18 +171,25 @@ class Engine:
             raise NotReady("the server is not accepting requests (starting up or shutting down)", retry_after=1.0)
         loop = self._loop or asyncio.get_running_loop()
         batcher = handle.batcher
-        items = [batcher.new_item(payload, loop, deadline) for payload in payloads]
-        batcher.submit(items, client=client, priority=priority)
-        if len(items) == 1:
-            output = await items[0].future
-            return [output], items[0].version
-        try:
-            outputs = list(await asyncio.gather(*(item.future for item in items)))
-        except BaseException:
-            for item in items:  # one input failed: drop the rest of this request's queued inputs
-                item.future.cancel()
-            raise
-        return outputs, items[-1].version
+        for _ in range(_SWAPS_OUTLIVED):
+            items = [batcher.new_item(payload, loop, deadline) for payload in payloads]
+            batcher.submit(items, client=client, priority=priority)
+            if len(items) == 1:
+                output = await items[0].future
+                return [output], items[0].version
+            try:
+                outputs = list(await asyncio.gather(*(item.future for item in items)))
+            except BaseException:
+                for item in items:  # one input failed: drop the rest of this request's queued inputs
+                    item.future.cancel()
+                raise
+            if all(item.version == items[0].version for item in items):
+                return outputs, items[0].version
+            # A reload swapped versions while this request's inputs were in different batches: one response
+            # must come from one version, so compute them again (all on the new one now).
+        raise NotReady(
+            f"model '{handle.name}' was reloaded over and over during this request; retry it", retry_after=1.0
+        )
 
     async def reload(self, name: str, prototype: Any = None, version: str | None = None) -> str:
         """Hot-reload model `name` without dropping a request (see ModelHandle.reload); return its new version."""

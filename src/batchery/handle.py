@@ -12,16 +12,16 @@ import copy
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from batchery import cores
 from batchery.batching.batcher import POLICIES, Batcher
-from batchery.batching.lane import Lane
+from batchery.batching.lane import Lane, checked_predict
 from batchery.batching.oom import predict_splitting
 from batchery.batching.streaming import StreamingModel
-from batchery.errors import ConfigError, Conflict, ModelLoadError
+from batchery.errors import BatcheryError, ConfigError, Conflict, ModelLoadError
 from batchery.gpu import NVML, GpuReading, device_index
 from batchery.model import model_name
 from batchery.observer import Observer
@@ -65,6 +65,8 @@ class Source:
     reimport: Callable[[], Any] | None = None
     #: The version the prototype's class declares (the served label may add a reload number).
     declared: str = ""
+    #: The files it was loaded from, which `--watch` watches.
+    files: tuple[str, ...] = ()
 
 
 class ModelHandle:
@@ -79,6 +81,7 @@ class ModelHandle:
         spec: ModelSpec | None = None,
         observer: Observer | None = None,
         reimport: Callable[[], Any] | None = None,
+        files: Sequence[str] = (),
     ) -> None:
         model = _streaming(model)
         spec = spec or ModelSpec()
@@ -133,9 +136,11 @@ class ModelHandle:
             max_queue_wait=self.max_queue_wait_ms / 1000.0 if self.max_queue_wait_ms > 0 else None,
         )
         self.lanes: list[Lane] = []
-        self.source = Source(model, self.version, reimport, str(getattr(model, "version", "") or ""))
+        self.source = Source(model, self.version, reimport, str(getattr(model, "version", "") or ""), tuple(files))
         self.history: deque[Source] = deque(maxlen=HISTORY)
-        self.watch_files: list[str] = []
+        #: Seconds a version's setup and warm-up may take (0: no limit); past it the load fails and, in a
+        #: reload, the version serving now keeps serving and later reloads are not blocked behind a hung setup.
+        self.load_timeout = 0.0
         self._reloading = asyncio.Lock()
 
     def _validate(self) -> None:
@@ -151,6 +156,11 @@ class ModelHandle:
             raise ConfigError(f"{where}: batching must be one of {', '.join(POLICIES)}, not {self.policy!r}")
 
     @property
+    def watch_files(self) -> list[str]:
+        """The files the version serving now was loaded from (`--watch` reloads the model when one changes)."""
+        return list(self.source.files)
+
+    @property
     def decoder(self) -> Any:
         """The instance whose `decode_request` validates inputs on the loop: the first lane's, once set up."""
         return self.lanes[0].model if self.lanes else self.prototype
@@ -160,7 +170,8 @@ class ModelHandle:
         started = time.monotonic()
         self.status = "loading"
         try:
-            self.lanes = await self._build(loop, self.prototype, self.version)
+            async with self._reloading:  # a reload sent during start-up waits, then finds the model ready
+                self.lanes = await self._build(loop, self.prototype, self.version)
         except ModelLoadError:
             self.status = "failed"
             raise
@@ -170,53 +181,90 @@ class ModelHandle:
         self.status = "ready"
         log.info("model '%s' loaded and warmed up on %d worker(s) in %.2fs", self.name, self.workers, self.load_seconds)
 
-    async def reload(self, prototype: Any = None, version: str | None = None) -> str:
+    async def reload(
+        self,
+        prototype: Any = None,
+        version: str | None = None,
+        *,
+        reimport: Callable[[], Any] | None = None,
+        files: Sequence[str] = (),
+    ) -> str:
         """Load a new version beside the current one, then swap atomically; return the new version label.
 
         With no `prototype`, the model is built again from its source (re-imported when it came from a file,
-        so new code and weights are picked up). On failure the current version keeps serving.
+        so new code and weights are picked up). With one, `reimport` and `files` say how later reloads rebuild
+        it and which files `--watch` watches (none: the prototype itself, no files). On failure (ModelLoadError)
+        the current version keeps serving.
         """
         async with self._reloading:
-            loop = asyncio.get_running_loop()
             if prototype is None:
-                prototype = self.source.reimport() if self.source.reimport else self.source.prototype
-            prototype = _streaming(prototype)
-            declared = str(getattr(prototype, "version", "") or "")
-            if version:
-                label = version
-            elif declared and declared != self.source.declared:
-                label = declared  # the new code declares a new version
-            else:
-                label = f"{declared or self.version}.{self.reloads + 1}"  # same declared version: number it
-            started = time.monotonic()
-            try:
-                lanes = await self._build(loop, prototype, label)
-            except ModelLoadError as exc:
-                self.reload_failures += 1
-                log.error("reload of model '%s' failed; version %s keeps serving: %s", self.name, self.version, exc)
-                raise
-            previous = self.source
-            self.history.append(previous)
-            self.source = Source(prototype, label, previous.reimport, declared)
-            self.prototype = prototype
-            self.lanes = lanes
-            self.version = label
-            self.reloads += 1
-            self.batcher.cost_of = getattr(lanes[0].model, "input_cost", None)
-            self.batcher.attach(lanes)  # the swap: from here every new batch runs on the new version
-            log.info("model '%s' now serves version %s (loaded in %.2fs)", self.name, label, time.monotonic() - started)
-            return label
+                source = self.source
+                prototype = self._reimported(source) if source.reimport else source.prototype
+                reimport, files = source.reimport, source.files
+            return await self._swap(prototype, version, reimport, tuple(files))
+
+    def _reimported(self, source: Source) -> Any:
+        assert source.reimport is not None
+        try:
+            return source.reimport()
+        except Exception as exc:  # an import that fails or raises, a constructor that raises
+            message = exc.message if isinstance(exc, BatcheryError) else repr(exc)
+            raise self._failed(ModelLoadError(f"model '{self.name}' could not be imported again: {message}")) from exc
+
+    def _failed(self, error: ModelLoadError) -> ModelLoadError:
+        self.reload_failures += 1
+        log.error("reload of model '%s' failed; version %s keeps serving: %s", self.name, self.version, error.message)
+        return error
+
+    async def _swap(
+        self, prototype: Any, version: str | None, reimport: Callable[[], Any] | None, files: tuple[str, ...]
+    ) -> str:
+        if self.status != "ready":
+            raise Conflict(f"model '{self.name}' is {self.status}, not serving: reload it once it is ready")
+        prototype = _streaming(prototype)
+        declared = str(getattr(prototype, "version", "") or "")
+        if version:
+            label = version
+        elif declared and declared != self.source.declared:
+            label = declared  # the new code declares a new version
+        else:
+            label = f"{declared or self.version}.{self.reloads + 1}"  # same declared version: number it
+        started = time.monotonic()
+        try:
+            lanes = await self._build(asyncio.get_running_loop(), prototype, label)
+        except ModelLoadError as exc:
+            self._failed(exc)
+            raise
+        self.history.append(self.source)
+        self.source = Source(prototype, label, reimport, declared, files)
+        self.prototype = prototype
+        self.lanes = lanes
+        self.version = label
+        self.reloads += 1
+        self.batcher.cost_of = getattr(lanes[0].model, "input_cost", None)
+        self.batcher.attach(lanes)  # the swap: from here every new batch runs on the new version
+        log.info("model '%s' now serves version %s (loaded in %.2fs)", self.name, label, time.monotonic() - started)
+        return label
 
     async def rollback(self) -> str:
-        """Serve the previous version again (built afresh from its prototype); return its label."""
-        if not self.history:
-            raise Conflict(f"model '{self.name}' has no previous version to roll back to; reload a new one instead")
-        previous = self.history.pop()
-        current = self.source
-        label = await self.reload(previous.prototype, previous.version)
-        self.history.pop()  # reload pushed the version we are leaving; roll-forward is a reload, not history
-        self.history.append(current)
-        return label
+        """Serve the previous version again (built afresh from its prototype); return its label.
+
+        Holds the reload lock throughout, so a reload running at the same time finishes first; if building the
+        previous version fails, it stays in the history for another try.
+        """
+        async with self._reloading:
+            if not self.history:
+                raise Conflict(f"model '{self.name}' has no previous version to roll back to; reload a new one instead")
+            previous = self.history.pop()
+            current = self.source
+            try:
+                label = await self._swap(previous.prototype, previous.version, previous.reimport, previous.files)
+            except BaseException:
+                self.history.append(previous)
+                raise
+            self.history.pop()  # _swap pushed the version we are leaving; roll-forward is a reload, not history
+            self.history.append(current)
+            return label
 
     async def _build(self, loop: asyncio.AbstractEventLoop, prototype: Any, version: str) -> list[Lane]:
         lanes = [
@@ -230,13 +278,21 @@ class ModelHandle:
             )
             for index in range(self.workers)
         ]
-        try:
-            failed_sizes = await asyncio.gather(
-                *(
-                    asyncio.wrap_future(lane.call(self._set_up(lane, device)))
-                    for lane, device in zip(lanes, self.lane_devices, strict=True)
-                )
+        setting_up = asyncio.gather(
+            *(
+                asyncio.wrap_future(lane.call(self._set_up(lane, device)))
+                for lane, device in zip(lanes, self.lane_devices, strict=True)
             )
+        )
+        try:
+            failed_sizes = await asyncio.wait_for(setting_up, self.load_timeout or None)
+        except TimeoutError as exc:
+            for lane in lanes:
+                lane.stop()  # each lane's thread ends once its setup returns, if it ever does
+            raise ModelLoadError(
+                f"model '{self.name}' (version {version}) did not finish setup and warm-up within "
+                f"{self.load_timeout:g}s (load_timeout_seconds); check what its setup() waits for"
+            ) from exc
         except Exception as exc:
             for lane in lanes:
                 lane.stop()
@@ -274,9 +330,9 @@ class ModelHandle:
             for grant in grants:
                 for size in sizes:
                     with cores.granted(grant):
-                        outputs = predict_splitting(model.predict, [decoded] * size, failed)
-                    if len(outputs) != size:
-                        raise ModelLoadError(f"warm-up: predict returned {len(outputs)} outputs for {size} inputs")
+                        outputs = predict_splitting(
+                            lambda batch: checked_predict(model, batch, self.name), [decoded] * size, failed
+                        )
                     for output in outputs:
                         model.encode_response(output)
             log.info(

@@ -11,7 +11,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from batchery.errors import ConfigError
+from batchery.errors import BatcheryError, ConfigError
 from batchery.spec import ModelSpec, Served
 from batchery.workers import file_modules
 
@@ -25,11 +25,13 @@ _executed: dict[Path, ModuleType] = {}
 _executions: dict[Path, int] = {}
 
 
-def served(target: str, spec: ModelSpec | None = None) -> Served:
-    """The model `target` names, with its settings and a re-importer so a hot reload picks up new code."""
+def served(target: str, spec: ModelSpec | None = None, *, fresh: bool = False) -> Served:
+    """The model `target` names, with its settings and a re-importer so a hot reload picks up new code.
+
+    `fresh`: import its module again even if it was imported before (a reload to a changed file)."""
     module_part = BUILTIN.get(target, target).rpartition(":")[0]
     files = (str(Path(module_part).resolve()),) if module_part.endswith(".py") else ()
-    return Served(load_model(target), spec or ModelSpec(), lambda: load_model(target, fresh=True), files)
+    return Served(load_model(target, fresh=fresh), spec or ModelSpec(), lambda: load_model(target, fresh=True), files)
 
 
 def load_model(target: str, *, fresh: bool = False) -> Any:
@@ -46,7 +48,14 @@ def load_model(target: str, *, fresh: bool = False) -> Any:
         obj = getattr(module, attr)
     except AttributeError as exc:
         raise ConfigError(f"{module_part} has no attribute {attr!r}") from exc
-    return obj() if isinstance(obj, type) else obj
+    if not isinstance(obj, type):
+        return obj
+    try:
+        return obj()
+    except BatcheryError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"{target}: creating the model failed: {exc!r}") from exc
 
 
 def _import(module_part: str, fresh: bool = False) -> Any:
@@ -64,7 +73,7 @@ def _import(module_part: str, fresh: bool = False) -> Any:
         sys.modules[name] = module  # lets copy.deepcopy and pickling find the class again
         try:
             spec.loader.exec_module(module)
-        except (ImportError, SyntaxError) as exc:
+        except Exception as exc:  # a syntax error, a missing import, or any error the file raises as it runs
             raise ConfigError(_import_failure(str(path), exc)) from exc
         _executed[path] = module
         file_modules.register(name, str(path))  # spawned children (process pools) import it by this name
@@ -72,7 +81,7 @@ def _import(module_part: str, fresh: bool = False) -> Any:
     try:
         module = importlib.import_module(module_part)
         return importlib.reload(module) if fresh else module
-    except (ImportError, SyntaxError) as exc:
+    except Exception as exc:
         raise ConfigError(_import_failure(repr(module_part), exc)) from exc
 
 
@@ -86,10 +95,12 @@ def _module_name(path: Path) -> str:
     return name if count == 1 else f"{name}_{count}"
 
 
-def _import_failure(what: str, exc: ImportError | SyntaxError) -> str:
+def _import_failure(what: str, exc: Exception) -> str:
     """One line that says why `what` could not be imported and what to do about it."""
     if isinstance(exc, SyntaxError):
         where = f"{exc.filename}, line {exc.lineno}" if exc.filename else f"line {exc.lineno}"
         return f"cannot import {what}: {type(exc).__name__} at {where}: {exc.msg}. Fix the code and try again"
-    hint = f" (is {exc.name!r} installed, and is its name right?)" if isinstance(exc, ModuleNotFoundError) else ""
-    return f"cannot import {what}: {exc}{hint}"
+    if isinstance(exc, ImportError):
+        hint = f" (is {exc.name!r} installed, and is its name right?)" if isinstance(exc, ModuleNotFoundError) else ""
+        return f"cannot import {what}: {exc}{hint}"
+    return f"cannot import {what}: it raised {exc!r} as it ran"

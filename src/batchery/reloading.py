@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 
@@ -20,8 +19,11 @@ async def reload_all(engine: Engine) -> dict[str, str]:
     for name, handle in engine.handles.items():
         try:
             results[name] = await handle.reload()
-        except BatcheryError as exc:
+        except BatcheryError as exc:  # logged and counted by the handle; the old version keeps serving
             results[name] = f"failed: {exc.message}"
+        except Exception as exc:  # never stops the other models' reloads
+            log.exception("reload of model '%s' failed", name)
+            results[name] = f"failed: {exc!r}"
     return results
 
 
@@ -48,10 +50,13 @@ class FileWatch:
             await asyncio.sleep(self.interval)
             for name in self.engine.handles:
                 stamps = self._stamps(name)
-                if stamps == self._seen[name]:
+                seen, self._seen[name] = self._seen[name], stamps
+                if stamps == seen or stamps.keys() != seen.keys():  # a reload to other files: watch those now
                     continue
-                self._seen[name] = stamps
                 log.info("model '%s': its files changed, reloading", name)
-                # A failure is logged and counted by the handle; the old version keeps serving.
-                with contextlib.suppress(BatcheryError):
+                try:
                     await self.engine.handles[name].reload()
+                except BatcheryError:
+                    pass  # logged and counted by the handle; the old version keeps serving
+                except Exception:  # the watch must outlive any failure, or later changes go unseen
+                    log.exception("reload of model '%s' failed", name)

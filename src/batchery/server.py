@@ -20,7 +20,7 @@ from batchery.app.factory import create_app
 from batchery.app.fastpath import FastDispatch
 from batchery.config import Settings
 from batchery.engine import Engine
-from batchery.errors import ConfigError, ModelLoadError
+from batchery.errors import ConfigError, ModelLoadError, NotReady
 from batchery.metrics import Metrics
 from batchery.reloading import FileWatch, reload_all
 
@@ -30,15 +30,35 @@ log = logging.getLogger("batchery.server")
 class _Uvicorn(uvicorn.Server):
     """uvicorn's server with an event set once it listens (uvicorn itself only sets a flag)."""
 
-    def __init__(self, config: uvicorn.Config, listening: asyncio.Event, on_exit: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        listening: asyncio.Event,
+        on_exit: Callable[[], None],
+        on_drain_expired: Callable[[], None],
+    ) -> None:
         super().__init__(config)
         self.listening = listening
         self.on_exit = on_exit
+        self.on_drain_expired = on_drain_expired
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         # Before uvicorn's next tick closes the listener: /ready turns 503 and new requests get 503 at once.
         self.on_exit()
         super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn cancels the request handlers once its graceful timeout passes, and a cancelled handler answers
+        # a text/plain 500. Shortly before that, every input still queued or computing is answered 503 with
+        # Retry-After instead, which clients and load balancers retry elsewhere.
+        grace = float(self.config.timeout_graceful_shutdown or 0)
+        loop = asyncio.get_running_loop()
+        expiry = loop.call_later(max(0.0, grace - min(0.5, grace / 4)), self.on_drain_expired) if grace else None
+        try:
+            await super().shutdown(sockets)
+        finally:
+            if expiry is not None:
+                expiry.cancel()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -66,7 +86,12 @@ class Server:
     def __init__(self, models: Sequence[Any], settings: Settings | None = None) -> None:
         self.settings = settings or Settings.load()
         self.metrics = Metrics() if self.settings.metrics != "off" else None
-        self.engine = Engine(models, workers=self.settings.workers or None, observer=self.metrics)
+        self.engine = Engine(
+            models,
+            workers=self.settings.workers or None,
+            observer=self.metrics,
+            load_timeout=self.settings.load_timeout_seconds,
+        )
         self.app = create_app(self.engine, self.settings, metrics=self.metrics)
         self.started = asyncio.Event()
         self.url = ""
@@ -94,7 +119,7 @@ class Server:
             # uvicorn would trust X-Forwarded-For from 127.0.0.1 by default; app/proxy.py decides whom to trust.
             proxy_headers=False,
         )
-        server = _Uvicorn(config, self.started, self._begin_drain)
+        server = _Uvicorn(config, self.started, self._begin_drain, self._drain_expired)
         self._uvicorn = server
         host, port = sock.getsockname()[:2]
         self.url = f"http://{host}:{port}"
@@ -143,6 +168,16 @@ class Server:
         self._begin_drain()
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
+
+    def _drain_expired(self) -> None:
+        error = NotReady(
+            f"the server is shutting down and its drain time ({self.settings.drain_seconds:g}s) ran out before this "
+            "request was computed; retry it",
+            retry_after=1.0,
+        )
+        aborted = self.engine.abort(error)
+        if aborted:
+            log.warning("drain time ran out: %d queued or computing input(s) answered with 503", aborted)
 
     def _begin_drain(self) -> None:
         # Runs in a signal handler: only flag assignments. Queued and running inputs still finish (Engine.stop).

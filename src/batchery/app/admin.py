@@ -32,15 +32,18 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
         name = request.path_params["name"]
         handle = engine.handle(name)
         target, version = _reload_body(await request.body())
-        prototype = None
-        if target is not None:
-            from batchery.loader import load_model
+        if target is None:
+            label = await handle.reload(version=version)  # on failure the old version keeps serving (handle.py)
+            return _answer(name, label, handle.history)
+        from batchery.loader import served
 
-            try:
-                prototype = load_model(target)
-            except ConfigError as exc:  # the caller's target is wrong, not the server (found by fuzzing)
-                raise InvalidInput(f'"target": {exc.message}') from exc
-        label = await handle.reload(prototype, version)  # on failure the old version keeps serving (handle.py)
+        try:
+            # Imported afresh: a file loaded before may have changed since. Later plain reloads, and --watch,
+            # rebuild from this target from now on.
+            source = served(target, fresh=True)
+        except ConfigError as exc:  # the caller's target is wrong, not the server (found by fuzzing)
+            raise InvalidInput(f'"target": {exc.message}') from exc
+        label = await handle.reload(source.model, version, reimport=source.reimport, files=source.files)
         return _answer(name, label, handle.history)
 
     async def rollback(request: Request) -> Response:

@@ -90,6 +90,7 @@ class Batcher:
         self._lanes: list[Lane] = []
         self._idle: list[Lane] = []
         self._running = 0
+        self._computing: dict[int, Batch] = {}  # the batches the lanes are computing, by id
         self._wide_running = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
@@ -201,6 +202,7 @@ class Batcher:
         """Called on the loop when `lane` finishes a batch: answer its items, then form the next batch."""
         batch = result.batch
         self._running -= len(batch.items)
+        self._computing.pop(id(batch), None)
         if lane in self._lanes:
             if batch.cores > 1 and len(self._lanes) > 1:
                 self._wide_running = False
@@ -249,6 +251,20 @@ class Batcher:
             self.cap.succeeded(size)
             self.costs.observe(size, result.compute_seconds)
 
+    def abort(self, error: BaseException) -> int:
+        """Answer every queued and computing input with `error` now (a drain whose time ran out: each client gets
+        a retryable answer rather than a dropped connection); return how many were answered. Computing batches
+        finish in their lanes, unread."""
+        aborted = 0
+        waiting = list(self._queue.pop(len(self._queue)))
+        for item in [*waiting, *(item for batch in self._computing.values() for item in batch.items)]:
+            if not item.future.done():
+                item.future.set_exception(error)
+                aborted += 1
+        if self._drained is not None and self.in_flight == 0:
+            self._drained.set()
+        return aborted
+
     async def drain(self) -> None:
         """Wait until nothing is queued or computing."""
         if self.in_flight == 0:
@@ -288,7 +304,9 @@ class Batcher:
             self.stats.batches += 1
             self.stats.items += len(items)
             self.stats.largest_batch = max(self.stats.largest_batch, len(items))
-            lane.compute(Batch(items, cores, now, [item.payload for item in items]))
+            batch = Batch(items, cores, now, [item.payload for item in items])
+            self._computing[id(batch)] = batch
+            lane.compute(batch)
 
     def _flush_at(self, now: float) -> float:
         """When the queued items should be sent to a lane: `now` or later, if waiting for more pays off."""

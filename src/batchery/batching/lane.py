@@ -75,6 +75,8 @@ class Lane:
                 self._loop.call_soon_threadsafe(self._on_result, self, result)
                 continue
             fn, done = job
+            if not done.set_running_or_notify_cancel():  # its caller gave up waiting before it started
+                continue
             try:
                 done.set_result(fn())
             except BaseException as exc:
@@ -97,11 +99,20 @@ class Lane:
         return BatchResult(batch, encoded, None, elapsed, self.version, failed_sizes, bisected)
 
     def _checked_predict(self, payloads: list[Any]) -> list[Any]:
-        outputs = self.model.predict(payloads)
-        if not isinstance(outputs, list | tuple) or len(outputs) != len(payloads):
-            got = len(outputs) if isinstance(outputs, list | tuple) else type(outputs).__name__
-            raise PredictError(
-                f"model '{self.model_name}' returned {got} outputs for a batch of {len(payloads)} inputs. "
-                "Hint: predict must return a list with one output per input, in order"
-            )
-        return list(outputs)
+        return checked_predict(self.model, payloads, self.model_name)
+
+
+def checked_predict(model: Any, payloads: list[Any], model_name: str) -> list[Any]:
+    """`model.predict(payloads)` as a list with one output per input: a list, a tuple or an array's rows.
+
+    Warm-up checks with this too, so a model that passes warm-up cannot fail every request on its outputs' shape.
+    """
+    outputs = model.predict(payloads)
+    rows = not isinstance(outputs, str | bytes | dict) and hasattr(outputs, "__len__") and hasattr(outputs, "__iter__")
+    if not rows or len(outputs) != len(payloads):
+        got = f"{len(outputs)} outputs" if rows else f"a {type(outputs).__name__}"
+        raise PredictError(
+            f"model '{model_name}' returned {got} for a batch of {len(payloads)} inputs. "
+            "Hint: predict must return a list (or an array) with one output per input, in order"
+        )
+    return list(outputs)

@@ -42,13 +42,14 @@ class ItemError:
 
 
 def predict_splitting(predict: Callable[[list[Any]], Any], payloads: list[Any], failed_sizes: list[int]) -> list[Any]:
-    """`predict(payloads)`, halving on out-of-memory; records each failing size in `failed_sizes`."""
+    """`predict(payloads)`, halving on out-of-memory; records in `failed_sizes` each size that ran out of memory
+    because of its size: a batch whose failure one input explains (it fails even alone) is not recorded, so a
+    single huge input costs its client a 413 without shrinking everyone's batches."""
     try:
         outputs = predict(payloads)
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise
-        failed_sizes.append(len(payloads))
         release_cached_memory()
         if len(payloads) == 1:
             return [
@@ -60,9 +61,12 @@ def predict_splitting(predict: Callable[[list[Any]], Any], payloads: list[Any], 
                 )
             ]
         middle = len(payloads) // 2
-        return predict_splitting(predict, payloads[:middle], failed_sizes) + predict_splitting(
+        halves = predict_splitting(predict, payloads[:middle], failed_sizes) + predict_splitting(
             predict, payloads[middle:], failed_sizes
         )
+        if not any(isinstance(output, ItemError) for output in halves):
+            failed_sizes.append(len(payloads))
+        return halves
     return list(outputs) if isinstance(outputs, tuple) else outputs
 
 
