@@ -60,6 +60,7 @@ class Settings:
     rate_limit_backend: str = _setting("memory", "memory (per process) or redis (shared by replicas, needs redis_url)")
     cache: str = _setting("", "response cache: memory or redis for every model, or per model: 'a=memory,b=redis'")
     cache_max_bytes: int = _setting(64 * 1024 * 1024, "memory cache size bound (keys and responses, in bytes)")
+    cache_max_value_bytes: int = _setting(1024 * 1024, "responses larger than this are not cached (bytes)")
     cache_ttl_seconds: float = _setting(300.0, "how long a cached response is served")
     redis_url: str = _secret("", "redis://host:port/db for the redis cache and rate limit backends")
     redis_timeout_ms: float = _setting(50.0, "a Redis call slower than this is abandoned and Redis bypassed for 1 s")
@@ -98,8 +99,8 @@ class Settings:
         for name in ("request_timeout_ms", "rate_limit", "rate_limit_burst", "cache_ttl_seconds"):
             if not getattr(self, name) >= 0:  # `not >=` also refuses NaN
                 raise ConfigError(f"{name} must be >= 0")
-        if not self.redis_timeout_ms > 0 or self.cache_max_bytes < 1:
-            raise ConfigError("redis_timeout_ms and cache_max_bytes must be > 0")
+        if not self.redis_timeout_ms > 0 or self.cache_max_bytes < 1 or self.cache_max_value_bytes < 1:
+            raise ConfigError("redis_timeout_ms, cache_max_bytes and cache_max_value_bytes must be > 0")
         uses_redis = self.rate_limit_backend == "redis" and self.rate_limit > 0
         uses_redis = uses_redis or "redis" in cache_backends(self.cache).values()
         if uses_redis and not self.redis_url:

@@ -23,6 +23,7 @@ __all__ = ["Engine", "ModelHandle", "ModelInfo"]
 from batchery.observer import Observer
 from batchery.pipeline.handle import drain_pipelines, split_pipelines
 from batchery.spec import Served, check_model_env
+from batchery.workers.process import given_up
 
 log = logging.getLogger("batchery.engine")
 
@@ -104,6 +105,15 @@ class Engine:
     def abort(self, error: BaseException) -> int:
         """Answer every queued and computing input of every model with `error`; return how many there were."""
         return sum(handle.batcher.abort(error) for handle in self.handles.values())
+
+    def is_ready(self, handle: ModelHandle | None = None) -> bool:
+        """The one readiness test, of `/ready` and KServe's health routes: every model is loaded, and none (or not
+        `handle`) has a worker process that kept crashing and is no longer restarted."""
+        if not self.ready:
+            return False
+        if handle is not None:
+            return handle.status == "ready" and not given_up(handle)
+        return not any(given_up(served) for served in self.handles.values())
 
     def close(self) -> None:
         for handle in self.handles.values():

@@ -64,6 +64,13 @@ class NotReady(BatcheryError):
     code = "not_ready"
 
 
+class BackendUnavailable(BatcheryError):
+    """A backend the request needs (Redis, for an admin action on the shared cache) cannot be reached."""
+
+    status = 503
+    code = "backend_unavailable"
+
+
 class DeadlineExceeded(BatcheryError):
     """The request's deadline passed before its batch could run."""
 

@@ -8,12 +8,16 @@ their model copies released. A failed reload leaves the old version serving.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
+import hashlib
+import inspect
 import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from batchery import cores
@@ -67,6 +71,34 @@ class Source:
     declared: str = ""
     #: The files it was loaded from, which `--watch` watches.
     files: tuple[str, ...] = ()
+    #: A digest of the code it runs (`code_fingerprint`), in its cache keys beside the version label.
+    fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.fingerprint:
+            self.fingerprint = code_fingerprint(self.prototype, self.files)
+
+
+def code_fingerprint(prototype: Any, files: Sequence[str] = ()) -> str:
+    """A digest of the code a version runs: its class's name and the bytes of its files (the served file, else
+    the module that defines its class). Cached responses are keyed by it as well as by the version label, so
+    new code under an unchanged label (a new image, the label "1" of every deployment, the per-process labels of
+    hot reloads) never serves the old code's answers from a shared Redis. Weights are not read: when only they
+    change, give the new version a new label.
+    """
+    model = prototype.model if isinstance(prototype, StreamingModel) else prototype
+    digest = hashlib.blake2b(type(model).__qualname__.encode(), digest_size=8)
+    for path in files or (_source_file(type(model)),):
+        with contextlib.suppress(OSError):
+            digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
+
+
+def _source_file(cls: type) -> str:
+    try:
+        return inspect.getsourcefile(cls) or ""
+    except TypeError:  # a built-in class
+        return ""
 
 
 class ModelHandle:
@@ -154,6 +186,13 @@ class ModelHandle:
             raise ConfigError(f"{where}: max_delay_ms and max_queue_wait_ms must be >= 0")
         if self.policy not in POLICIES:
             raise ConfigError(f"{where}: batching must be one of {', '.join(POLICIES)}, not {self.policy!r}")
+
+    def cache_tag(self, version: str) -> str:
+        """What response cache keys say about `version`: its label and its code's fingerprint."""
+        for source in (self.source, *self.history):
+            if source.version == version:
+                return f"{version}@{source.fingerprint}"
+        return version
 
     @property
     def watch_files(self) -> list[str]:

@@ -24,6 +24,10 @@ _VALID_ID = re.compile(rb"[!-~]{1,128}")
 access_log = logging.getLogger("batchery.access")
 
 
+#: The status recorded (never sent) for a request whose client went away before its response: nginx's 499.
+CLIENT_CLOSED = 499
+
+
 class Telemetry:
     """Give each request an id, count it in `metrics` (when given) and log it (`log`: "off", "text", "json").
 
@@ -57,20 +61,30 @@ class Telemetry:
         scope[REQUEST_ID] = request_id
         header = (b"x-request-id", request_id)
         status = 500  # what the client gets if the app fails before it starts a response
+        responded = False
+        disconnected = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, responded = message["status"], True
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
+
+        async def receive_watching() -> Message:
+            nonlocal disconnected
+            message = await receive()
+            disconnected = disconnected or message["type"] == "http.disconnect"
+            return message
 
         metrics = self.metrics
         if metrics is not None:
             metrics.in_flight += 1
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive_watching, send_with_id)
         finally:
+            if disconnected and not responded:
+                status = CLIENT_CLOSED  # the client left before its answer: not a server error
             elapsed = time.perf_counter() - started
             route = scope.get("route")
             route_path: str = getattr(route, "path", "")

@@ -16,11 +16,11 @@ from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from batchery import protocols
 from batchery.app.scope import CLIENT
 from batchery.config import Settings
 from batchery.errors import BatcheryError, ConfigError
 from batchery.metrics import Metrics
-from batchery.protocols.responses import error_response
 
 #: Longer credentials are refused unread: no configured key is that long.
 MAX_KEY_BYTES = 1024
@@ -110,7 +110,7 @@ class Auth:
         except BatcheryError as exc:
             if self.metrics is not None:
                 self.metrics.rejected("", "unauthorized" if exc.status == 401 else "forbidden", 1)
-            response = error_response(exc)
+            response = protocols.error_response(scope["path"], exc)  # OpenAI and KServe clients read their shape
             if exc.status == 401:
                 response.headers["WWW-Authenticate"] = 'Bearer realm="batchery"'
             await response(scope, receive, send)

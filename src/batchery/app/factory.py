@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.exception_handlers import http_exception_handler
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -23,7 +25,6 @@ from batchery.errors import BatcheryError
 from batchery.metrics import Metrics
 from batchery.protocols import DEFAULT_PROTOCOLS, Protocol
 from batchery.protocols.responses import json_response
-from batchery.workers.process import given_up
 
 log = logging.getLogger("batchery.app")
 
@@ -62,6 +63,7 @@ def create_app(
     app.state.engine = engine
     app.state.settings = settings
     app.add_exception_handler(BatcheryError, _handle_error)
+    app.add_exception_handler(HTTPException, _route_error)  # no such route, or not this method
     app.add_exception_handler(Exception, _outermost_failure)  # a middleware that raised: Unexpected is inside it
     app.add_middleware(failures.Unexpected)  # added first: innermost, inside every other middleware
     app.state.drain_started = None
@@ -77,7 +79,7 @@ def create_app(
 
     @app.get("/ready", tags=["probes"], summary="Readiness: every model is loaded and warmed up")
     async def ready() -> Response:
-        if engine.ready and not any(given_up(handle) for handle in engine.handles.values()):
+        if engine.is_ready():  # the same test as KServe's /v2/health/ready
             return json_response(b'{"ready":true}')
         return json_response(b'{"ready":false}', 503, {"Retry-After": "1"})
 
@@ -93,6 +95,33 @@ async def _outermost_failure(request: Request, exc: Exception) -> Response:
     """The last resort, outside every middleware (Starlette's ServerErrorMiddleware, which then re-raises it for the
     server's log): a JSON 500 in the route's protocol shape instead of a text/plain one."""
     return protocols.error_response(request.url.path, BatcheryError(f"internal error: {exc!r}"))
+
+
+async def _route_error(request: Request, exc: Exception) -> Response:
+    """Starlette's 404 (no such route) and 405 (not this method) under /v1 and /v2 in the protocol's error shape,
+    which its clients parse and /openapi.json promises; elsewhere (users' own routes) FastAPI's `{"detail"}`."""
+    assert isinstance(exc, HTTPException)  # registered for HTTPException only
+    path = request.url.path
+    if not path.startswith(("/v1/", "/v2/")) and path not in ("/v1", "/v2"):
+        return await http_exception_handler(request, exc)
+    error = BatcheryError(_route_message(request, exc))
+    error.status = exc.status_code
+    error.code = _ROUTE_CODES.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal_error")
+    response = protocols.error_response(path, error)
+    response.headers.update(exc.headers or {})  # the 405's Allow
+    return response
+
+
+_ROUTE_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+def _route_message(request: Request, exc: HTTPException) -> str:
+    allowed = (exc.headers or {}).get("Allow")
+    if exc.status_code == 405 and allowed:
+        return f"{request.url.path} does not take {request.method}; it takes {allowed}"
+    if exc.status_code == 404 and exc.detail == "Not Found":  # the router's own: no route matched
+        return f"no route {request.method} {request.url.path}; /docs lists this server's routes"
+    return str(exc.detail)
 
 
 async def _handle_error(request: Request, exc: Exception) -> Response:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -55,6 +56,8 @@ class Unexpected:
 
         try:
             await self.app(scope, receive, tracked)
+        except ClientDisconnect:
+            return  # the client went away mid-body: nobody to answer, nothing failed here
         except Exception as exc:
             if started:  # too late for an error response: the server logs it and closes the connection
                 raise

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from batchery import protocols
 from batchery.errors import BadRequest, BatcheryError, PayloadTooLarge
 from batchery.metrics import Metrics
-from batchery.protocols.responses import error_response
 
 
 class BodyLimit:
@@ -31,7 +31,7 @@ class BodyLimit:
                 if declared < 0 or declared > limit:
                     if self.metrics is not None and declared > limit:
                         self.metrics.rejected("", "too_large", 1)
-                    await error_response(self._error(declared))(scope, receive, send)
+                    await protocols.error_response(scope["path"], self._error(declared))(scope, receive, send)
                     return
                 break
         received = 0

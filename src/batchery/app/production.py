@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from batchery.app.access import Telemetry
 from batchery.app.auth import ApiKeys, Auth
+from batchery.app.proxy import PROBES
 from batchery.app.ratelimit import Limiter, RateLimit, TokenBuckets
 from batchery.cache.link import RedisLink
 from batchery.cache.responses import ResponseCache
@@ -22,8 +23,6 @@ from batchery.config import Settings
 from batchery.engine import Engine
 from batchery.metrics import Metrics
 from batchery.protocols.responses import json_response
-
-PROBES = frozenset({"/health", "/ready"})
 
 
 @dataclass(slots=True)

@@ -19,8 +19,9 @@ from batchery.errors import BatcheryError, ConfigError
 from batchery.protocols.responses import error_response
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-#: Kubernetes probes come from the node, which an allowlist of clients would not name.
-PROBES = frozenset({"/health", "/ready"})
+#: Liveness and readiness probes, batchery's and KServe V2's: never behind allow-lists (Kubernetes probes come
+#: from the node, which an allowlist of clients would not name), API keys or rate limits.
+PROBES = frozenset({"/health", "/ready", "/v2/health/live", "/v2/health/ready"})
 
 
 class ClientNotAllowed(BatcheryError):

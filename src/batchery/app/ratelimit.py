@@ -16,10 +16,10 @@ from typing import Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from batchery import protocols
 from batchery.app.scope import CLIENT
 from batchery.errors import BatcheryError
 from batchery.metrics import Metrics
-from batchery.protocols.responses import error_response
 
 #: Buckets kept by the in-process backend; the least recently seen go first (a full bucket loses nothing).
 MAX_CLIENTS = 100_000
@@ -121,7 +121,7 @@ class RateLimit:
                 "retry after the Retry-After delay, or ask the operator for a higher limit",
                 retry_after=decision.retry_after,
             )
-            response = error_response(error)
+            response = protocols.error_response(scope["path"], error)
             response.headers["Retry-After"] = str(max(1, math.ceil(decision.retry_after)))
             response.raw_headers.extend(extra)
             await response(scope, receive, send)

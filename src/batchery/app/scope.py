@@ -6,3 +6,5 @@ CLIENT = "batchery.client"
 REQUEST_ID = "batchery.request_id"
 #: The model name, for adapters that learn it from the body (not the path): metrics and access logs use it.
 MODEL = "batchery.model"
+#: The model version that computed this request's outputs, set once computed (the cache stores under it).
+COMPUTED_VERSION = "batchery.computed_version"

@@ -45,10 +45,12 @@ class RedisLink:
         kwargs = self.client.connection_pool.connection_kwargs
         self.where = f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"  # no password in log lines
         self._down_until = 0.0
+        self._failed_at = 0.0
         self.down = False
 
     async def run(self, command: Callable[[Redis], Awaitable[T]]) -> T:
-        if self.down and time.monotonic() < self._down_until:
+        started = time.monotonic()
+        if self.down and started < self._down_until:
             raise RedisUnavailable(f"redis at {self.where} is marked down")
         try:
             async with asyncio.timeout(self.timeout):
@@ -57,13 +59,14 @@ class RedisLink:
             self._failed(exc)
             await self._drop_connections()
             raise RedisUnavailable(f"redis at {self.where}: {exc!r}") from exc
-        if self.down:
+        if self.down and started >= self._failed_at:  # a call begun before the last failure proves nothing
             self.down = False
             log.warning("redis at %s is back; the cache and shared rate limits use it again", self.where)
         return result
 
     def _failed(self, exc: BaseException) -> None:
-        self._down_until = time.monotonic() + self.retry_after
+        self._failed_at = time.monotonic()
+        self._down_until = self._failed_at + self.retry_after
         if not self.down:
             self.down = True
             log.warning(

@@ -6,8 +6,11 @@ import asyncio
 import contextlib
 import logging
 
+from redis.exceptions import RedisError
+
 from batchery.cache.keys import PREFIX
 from batchery.cache.link import RedisLink, RedisUnavailable
+from batchery.errors import BackendUnavailable
 
 log = logging.getLogger("batchery.cache")
 
@@ -44,7 +47,14 @@ class RedisCache:
     async def clear(self) -> None:
         """Delete every batchery cache entry (an admin action: it scans the key space, so it has its own timeout)."""
         redis = self.link.client
-        async with asyncio.timeout(30):
-            keys = [key async for key in redis.scan_iter(match=PREFIX + "*", count=1000)]
-            for start in range(0, len(keys), 1000):
-                await redis.unlink(*keys[start : start + 1000])
+        try:
+            async with asyncio.timeout(30):
+                keys = [key async for key in redis.scan_iter(match=PREFIX + "*", count=1000)]
+                for start in range(0, len(keys), 1000):
+                    await redis.unlink(*keys[start : start + 1000])
+        except (TimeoutError, OSError, RedisError) as exc:
+            raise BackendUnavailable(
+                f"redis at {self.link.where} did not answer ({exc!r}): the shared cache was not cleared; retry "
+                "once Redis is reachable",
+                retry_after=5.0,
+            ) from exc

@@ -38,9 +38,14 @@ class Cache(Protocol):
 class ResponseCache:
     """Look up, de-duplicate, compute and store responses for the models that have a backend."""
 
-    def __init__(self, backends: dict[str, Cache], metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, backends: dict[str, Cache], metrics: Metrics | None = None, *, max_value_bytes: int = 1024 * 1024
+    ) -> None:
         self.backends = backends
         self.metrics = metrics
+        #: Larger responses are not stored: they would crowd out many small ones, and a slow Redis write of
+        #: megabytes must not make Redis look down to every other request.
+        self.max_value_bytes = max_value_bytes
         self.flights = SingleFlight()
 
     @classmethod
@@ -63,13 +68,26 @@ class ResponseCache:
 
                 shared_redis = shared_redis or RedisCache(redis, ttl=settings.cache_ttl_seconds)
                 backends[model] = shared_redis
-        return cls(backends, metrics) if backends else None
+        return cls(backends, metrics, max_value_bytes=settings.cache_max_value_bytes) if backends else None
 
     def enabled(self, model: str) -> bool:
         return model in self.backends
 
-    async def get_or_compute(self, model: str, key: str, compute: Callable[[], Awaitable[bytes]]) -> tuple[bytes, bool]:
-        """The response for `key` and whether it was served without computing (stored, or shared in flight)."""
+    async def get_or_compute(
+        self,
+        model: str,
+        key: str,
+        compute: Callable[[], Awaitable[bytes]],
+        *,
+        deadline: float | None = None,
+        store_key: Callable[[], str] | None = None,
+    ) -> tuple[bytes, bool]:
+        """The response for `key` and whether it was served without computing (stored, or shared in flight).
+
+        `deadline` bounds the wait for an identical request's computation; `store_key` names the entry to store
+        a computed response under, once computed (the key of the model version that computed it, which a hot
+        reload may have changed since `key` was made); without it, `key`.
+        """
         backend = self.backends.get(model)
         if backend is None:
             return await compute(), False
@@ -83,10 +101,10 @@ class ResponseCache:
                 if stored is not None:
                     self._count(model, backend.backend, "hit")
                     return stored, True
-        body, shared = await self.flights.do(key, compute)
+        body, shared = await self.flights.do(key, compute, deadline=deadline)
         self._count(model, backend.backend, event or ("hit" if shared else "miss"))
-        if not shared:
-            backend.put(key, body)
+        if not shared and len(body) <= self.max_value_bytes:
+            backend.put(store_key() if store_key is not None else key, body)
         return body, shared
 
     def _count(self, model: str, backend: str, event: str) -> None:

@@ -1,9 +1,19 @@
-"""Identical requests in flight at once are computed once; every caller gets the one result (or error)."""
+"""Identical requests in flight at once are computed once; every caller gets the one result (or error).
+
+Each caller keeps its own deadline while it waits, and an error that belongs to the computing caller alone (its
+deadline, its client's share of the queue) is not handed on: the others compute for themselves.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
+
+from batchery.errors import DeadlineExceeded, Overloaded
+
+#: Errors about the caller that computed, not about the computation: those waiting with it try on their own.
+_PERSONAL = (DeadlineExceeded, Overloaded)
 
 
 class SingleFlight:
@@ -15,20 +25,29 @@ class SingleFlight:
     def __contains__(self, key: str) -> bool:
         return key in self._calls
 
-    async def do(self, key: str, compute: Callable[[], Awaitable[bytes]]) -> tuple[bytes, bool]:
-        """The result for `key` and whether it was shared from another caller's computation."""
+    async def do(
+        self, key: str, compute: Callable[[], Awaitable[bytes]], *, deadline: float | None = None
+    ) -> tuple[bytes, bool]:
+        """The result for `key` and whether it was shared from another caller's computation.
+
+        `deadline` (a `time.monotonic()` time) bounds how long this caller waits for another's computation
+        (DeadlineExceeded); its own computation is bounded by `compute` itself.
+        """
         while True:
             running = self._calls.get(key)
             if running is None:
                 break
             try:
-                # shield: a follower that goes away must not cancel the leader's computation.
-                return await asyncio.shield(running), True
+                return await _follow(running, deadline), True
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if not running.cancelled() or (task is not None and task.cancelling()):
                     raise
                 # The leader was cancelled (its client left), not us: compute it ourselves.
+            except _PERSONAL as exc:
+                if not (running.done() and not running.cancelled() and running.exception() is exc):
+                    raise  # our own deadline passed while waiting
+                # The leader's own deadline or queue share failed it: compute it ourselves.
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._calls[key] = future
         try:
@@ -44,3 +63,16 @@ class SingleFlight:
             del self._calls[key]
         future.set_result(result)
         return result, False
+
+
+async def _follow(running: asyncio.Future[bytes], deadline: float | None) -> bytes:
+    # shield: a follower that goes away must not cancel the leader's computation.
+    if deadline is None:
+        return await asyncio.shield(running)
+    try:
+        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+            return await asyncio.shield(running)
+    except TimeoutError:
+        raise DeadlineExceeded(
+            "the request's deadline passed while an identical request was being computed for it"
+        ) from None

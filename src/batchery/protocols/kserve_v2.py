@@ -4,12 +4,14 @@ Tensors map to model inputs along their first dimension: row i of every input te
 (the row itself with one input tensor, `{name: row}` with several; a one-element row is that element, so text
 arrives as a string). Outputs stack back the same way. A model may declare `tensor_inputs` and `tensor_outputs`
 (lists of `{"name", "datatype", "shape"}`) for its metadata; declared inputs are checked before inference.
-Errors are `{"error": "message"}`, as the protocol specifies.
+Errors are `{"error": "message"}`, as the protocol specifies. An infer body may be sent with `Content-Encoding:
+gzip` or `deflate` (tritonclient's `request_compression_algorithm`); its size limit applies once decompressed.
 """
 
 from __future__ import annotations
 
 import struct
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,15 +23,24 @@ from starlette.responses import Response
 from batchery._version import __version__
 from batchery.config import Settings
 from batchery.engine import Engine
-from batchery.errors import BadRequest, BatcheryError, InvalidInput, ModelNotFound, PayloadTooLarge
+from batchery.errors import (
+    BadRequest,
+    BatcheryError,
+    InvalidInput,
+    ModelNotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from batchery.protocols import tensors
 from batchery.protocols.responses import json_response
-from batchery.protocols.serving import Serving
+from batchery.protocols.serving import Serving, count_refusal
 from batchery.protocols.tensors import Tensor
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 DEFAULT_OUTPUT = "OUTPUT"
 _SPLIT = struct.Struct("<Q")
+#: zlib's `wbits` for each Content-Encoding a request body may have (tritonclient's request compression).
+_ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
 @dataclass(slots=True)
@@ -60,11 +71,15 @@ def decode(body: bytes, header_length: str | None) -> InferRequest:
     if not isinstance(data, dict) or not isinstance(data.get("inputs"), list) or not data["inputs"]:
         raise BadRequest('the request must be a JSON object with a non-empty "inputs" list of tensors')
     binary, offset = memoryview(body)[split:], 0
-    inputs = []
+    inputs: list[Tensor] = []
+    names: set[str] = set()
     for index, spec in enumerate(data["inputs"]):
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             raise BadRequest(f"input {index} must be an object with a name, shape, datatype and data")
         where = f"input '{spec['name']}'"
+        if spec["name"] in names:  # rows become {name: value}: a second tensor would silently replace the first
+            raise BadRequest(f"{where} is given twice; send each input tensor once, under its own name")
+        names.add(spec["name"])
         datatype, shape = tensors.check_header(where, spec.get("datatype"), spec.get("shape"))
         size = _parameters(spec).get("binary_data_size")
         if size is not None:
@@ -84,6 +99,38 @@ def decode(body: bytes, header_length: str | None) -> InferRequest:
             raise BadRequest('each of "outputs" must be an object with a name')
         request.outputs[spec["name"]] = bool(_parameters(spec).get("binary_data", request.binary_output))
     return request
+
+
+def decompress(body: bytes, encoding: str | None, *, max_bytes: int) -> bytes:
+    """The body as it was before its `Content-Encoding` (none, identity, gzip or deflate): 413 once it passes
+    `max_bytes` decompressed, so a small compressed body cannot expand without bound."""
+    coding = (encoding or "identity").strip().lower()
+    if coding == "identity":
+        return body
+    wbits = _ENCODINGS.get(coding)
+    if wbits is None:
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding!r} is not supported; send the body uncompressed, or as gzip or deflate"
+        )
+    parts: list[bytes] = []
+    size, rest = 0, body
+    while True:
+        decompressor = zlib.decompressobj(wbits)
+        try:
+            part = decompressor.decompress(rest, max_bytes - size + 1)  # at most one byte past the limit
+        except zlib.error as exc:
+            raise BadRequest(f"the body is not valid {coding} data ({exc}); send it as Content-Encoding says") from exc
+        size += len(part)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"the request body is over the limit of {max_bytes} bytes once decompressed")
+        if not decompressor.eof:
+            raise BadRequest(f"the {coding} body ends early; send all of it")
+        parts.append(part)
+        rest = decompressor.unused_data
+        if not rest:
+            return b"".join(parts)
+        if wbits == zlib.MAX_WBITS:  # gzip allows several members one after the other; deflate is one stream
+            raise BadRequest("the deflate body has bytes after its end; send only the compressed data")
 
 
 def items(request: InferRequest, declared: list[dict[str, Any]] | None, *, model: str, max_items: int) -> list[Any]:
@@ -191,7 +238,7 @@ def _declared(handle: Any, attribute: str) -> list[dict[str, Any]] | None:
 def routes(engine: Engine, settings: Settings) -> APIRouter:
     """The V2 health, metadata and infer routes; each model answers with and without `/versions/{version}`."""
     router = APIRouter(tags=["kserve-v2"])
-    max_items = settings.max_items
+    max_items, max_body_bytes = settings.max_items, settings.max_body_bytes
     serving = Serving(engine, settings, "kserve_v2")
 
     def find(request: Request) -> Any:
@@ -210,7 +257,7 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
 
     async def ready() -> Response:
         # The protocol answers "not ready" with a 4xx status.
-        return json_response(b'{"ready":true}') if engine.ready else json_response(b'{"ready":false}', 400)
+        return json_response(b'{"ready":true}') if engine.is_ready() else json_response(b'{"ready":false}', 400)
 
     async def model_metadata(request: Request) -> Response:
         try:
@@ -231,14 +278,15 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
             handle = find(request)
         except BatcheryError as exc:
             return error_response(exc)
-        is_ready = engine.ready and getattr(handle, "status", "ready") == "ready"
-        body = orjson.dumps({"name": handle.name, "ready": is_ready})
-        return json_response(body, 200 if is_ready else 400)
+        serving_now = engine.is_ready(handle)
+        body = orjson.dumps({"name": handle.name, "ready": serving_now})
+        return json_response(body, 200 if serving_now else 400)
 
     async def infer(request: Request) -> Response:
         try:
             handle = find(request)
-            raw, header_length = await request.body(), request.headers.get(HEADER_LENGTH)
+            encoding, header_length = request.headers.get("content-encoding"), request.headers.get(HEADER_LENGTH)
+            raw = decompress(await request.body(), encoding, max_bytes=max_body_bytes)
             decoded = decode(raw, header_length)
             inputs = items(decoded, _declared(handle, "tensor_inputs"), model=handle.name, max_items=max_items)
 
@@ -252,6 +300,7 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
             canonical = (header_length or "").encode() + b"\0" + raw
             cached, cache = await serving.cached(request, handle, canonical, compute)
         except BatcheryError as exc:
+            count_refusal(request, exc, engine)
             return error_response(exc)
         (split,) = _SPLIT.unpack_from(cached)
         body = cached[_SPLIT.size :]

@@ -17,11 +17,12 @@ from starlette.types import Scope
 
 from batchery.app.deadline import infer_until, request_deadline, request_priority
 from batchery.app.scope import CLIENT
-from batchery.cache import ResponseCache, cache_key, canonical_json
+from batchery.cache import ResponseCache, canonical_json
 from batchery.config import Settings
 from batchery.engine import Engine, ModelHandle
 from batchery.errors import BadRequest, InvalidInput, PayloadTooLarge
 from batchery.protocols.responses import json_response
+from batchery.protocols.serving import cached
 
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
@@ -75,13 +76,6 @@ async def _compute(
     return encode(outputs, single, model=handle.name, version=version), version
 
 
-async def _body(
-    engine: Engine, handle: ModelHandle, inputs: list[Any], single: bool, deadline: float | None, scope: Scope
-) -> bytes:
-    body, _ = await _compute(engine, handle, inputs, single, deadline, scope)
-    return body
-
-
 def _client_address(scope: Scope) -> str:
     peer = scope.get("client")
     return str(peer[0]) if peer else ""
@@ -103,11 +97,15 @@ def predictor(engine: Engine, settings: Settings) -> Predictor:
         inputs, single = decode(raw, max_items=max_items)
         deadline = request_deadline(scope, timeout)
         if caching and responses is not None and responses.enabled(handle.name):
-            key = cache_key("native", handle.name, handle.version, canonical_json((single, inputs)))
-            body, hit = await responses.get_or_compute(
-                handle.name, key, lambda: _body(engine, handle, inputs, single, deadline, scope)
+            body, hit, version = await cached(
+                responses,
+                "native",
+                handle,
+                canonical_json((single, inputs)),
+                lambda: _compute(engine, handle, inputs, single, deadline, scope),
+                deadline,
             )
-            return body, {"X-Model-Version": handle.version, "X-Cache": "hit" if hit else "miss"}
+            return body, {"X-Model-Version": version, "X-Cache": "hit" if hit else "miss"}
         body, version = await _compute(engine, handle, inputs, single, deadline, scope)
         return body, {"X-Model-Version": version}
 

@@ -4,10 +4,12 @@ Request: `{"model": name, "input": text | [text, ...], "encoding_format": "float
 Response: `{"object": "list", "data": [{"object": "embedding", "index": i, "embedding": ...}], "model", "usage"}`.
 Errors: `{"error": {"message", "type", "param", "code"}}`, as OpenAI sends them.
 A list input is batched like any other inputs (split across batches when long) and answered in order.
+`GET /v1/models/{name}` is one model object, as the client's `models.retrieve` reads it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from collections.abc import Sequence
@@ -22,9 +24,16 @@ from starlette.responses import Response
 from batchery.cache import canonical_json
 from batchery.config import Settings
 from batchery.engine import Engine
-from batchery.errors import BadRequest, BatcheryError, InvalidInput, ModelNotFound, PayloadTooLarge
+from batchery.errors import (
+    BadRequest,
+    BatcheryError,
+    InvalidInput,
+    ModelNotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from batchery.protocols.responses import json_response
-from batchery.protocols.serving import Serving
+from batchery.protocols.serving import Serving, count_refusal
 
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 ENCODINGS = ("float", "base64")
@@ -40,6 +49,17 @@ REQUEST_SCHEMA: dict[str, Any] = {
     },
     "required": ["model", "input"],
     "example": {"model": "all-minilm-l6-v2", "input": ["A sentence to embed.", "Another one."]},
+}
+
+MODEL_OBJECT: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "model"},
+        "created": {"type": "integer"},
+        "owned_by": {"type": "string"},
+    },
+    "required": ["id", "object", "created", "owned_by"],
 }
 
 _ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
@@ -134,6 +154,10 @@ def model_objects(infos: Sequence[Any], created: int | None = None) -> list[dict
     return [{"id": info.name, "object": "model", "created": when, "owned_by": "batchery"} for info in infos]
 
 
+#: Inputs of more characters than this are counted on a worker thread, not on the event loop.
+INLINE_COUNT_CHARS = 4096
+
+
 def count_tokens(model: Any, texts: Sequence[Any]) -> int:
     """Tokens in `texts` by the model's own `count_tokens(texts)` when it has one, else whitespace-separated words."""
     counter = getattr(model, "count_tokens", None)
@@ -151,13 +175,19 @@ def _unsupported_dimensions(model: str, native: int, asked: int) -> ParamError:
 
 
 def routes(engine: Engine, settings: Settings) -> APIRouter:
-    """`POST /v1/embeddings`. (`GET /v1/models` is the native route; it carries OpenAI's fields too.)"""
+    """`POST /v1/embeddings` and `GET /v1/models/{name}`. (`GET /v1/models` is the native route; it carries
+    OpenAI's fields too.)"""
     router = APIRouter(tags=["openai"])
     max_items = settings.max_items
     serving = Serving(engine, settings, "openai")
 
     async def embeddings(request: Request) -> Response:
         try:
+            encoded = request.headers.get("content-encoding", "identity").strip().lower()
+            if encoded != "identity":
+                raise UnsupportedMediaType(
+                    f"Content-Encoding {encoded!r} is not supported on /v1/embeddings; send the body uncompressed"
+                )
             name, inputs, encoding, dimensions = decode(await request.body(), max_items=max_items)
             try:
                 handle = engine.handle(name)
@@ -171,18 +201,47 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
 
             async def compute() -> bytes:
                 outputs, headers["X-Model-Version"] = await serving.infer(request, handle, inputs)
-                tokens = count_tokens(model, inputs)
+                # A tokenizer over many long texts takes a second or more: off the event loop, which serves
+                # every other request (and the probes) meanwhile. A few short texts take microseconds, less
+                # than the hop to a thread.
+                if sum(len(text) for text in inputs if isinstance(text, str)) > INLINE_COUNT_CHARS:
+                    tokens = await asyncio.to_thread(count_tokens, model, inputs)
+                else:
+                    tokens = count_tokens(model, inputs)
                 return encode(
                     outputs, model=handle.name, encoding=encoding, dimensions=dimensions, prompt_tokens=tokens
                 )
 
             body, cache = await serving.cached(request, handle, canonical_json((inputs, encoding, dimensions)), compute)
         except BatcheryError as exc:
+            count_refusal(request, exc, engine)
             return encode_error(exc)
         if cache is not None:
             headers["X-Cache"] = cache
         return json_response(body, headers=headers)
 
+    async def retrieve(request: Request) -> Response:
+        name = request.path_params["name"]
+        infos = engine.models()
+        found = [info for info in infos if info.name == name]
+        if not found:
+            served = ", ".join(sorted(info.name for info in infos))
+            error = ParamError(
+                f"the model '{name}' does not exist; this server serves: {served} (GET /v1/models lists them)",
+                "model",
+                status=ModelNotFound.status,
+                code=ModelNotFound.code,
+            )
+            return encode_error(error)
+        return json_response(orjson.dumps(model_objects(found)[0]))
+
+    router.add_api_route(
+        "/v1/models/{name}",
+        retrieve,
+        methods=["GET"],
+        summary="One served model, as OpenAI's models.retrieve reads it",
+        responses={200: {"description": "The model", "content": {"application/json": {"schema": MODEL_OBJECT}}}},
+    )
     router.add_api_route(
         "/v1/embeddings",
         embeddings,

@@ -14,10 +14,11 @@ from starlette.requests import Request
 from starlette.types import Scope
 
 from batchery.app.deadline import infer_until, request_deadline, request_priority
-from batchery.app.scope import CLIENT, MODEL
-from batchery.cache import cache_key
+from batchery.app.scope import CLIENT, COMPUTED_VERSION, MODEL
+from batchery.cache import ResponseCache, cache_key
 from batchery.config import Settings
 from batchery.engine import Engine, ModelHandle
+from batchery.errors import BatcheryError, PayloadTooLarge
 
 
 class Serving:
@@ -38,20 +39,72 @@ class Serving:
         scope[MODEL] = handle.name  # adapters that read the model from the body tell metrics and access logs
         client = scope.get(CLIENT) or _client_address(scope)
         deadline = request_deadline(scope, self.timeout)
-        return await infer_until(self.engine, handle, inputs, deadline, client=client, priority=request_priority(scope))
+        outputs, version = await infer_until(
+            self.engine, handle, inputs, deadline, client=client, priority=request_priority(scope)
+        )
+        scope[COMPUTED_VERSION] = version
+        return outputs, version
 
     async def cached(
         self, request: Request, handle: ModelHandle, canonical: bytes, compute: Callable[[], Awaitable[bytes]]
     ) -> tuple[bytes, str | None]:
         """The response bytes for `canonical` (the request's cacheable content) and "hit", "miss" or None (off)."""
+        scope = request.scope
+        scope[MODEL] = handle.name  # a hit computes nothing, and metrics and access logs still name the model
         responses = getattr(request.app.state, "responses", None)
         if not self.caching or responses is None or not responses.enabled(handle.name):
             return await compute(), None
-        key = cache_key(self.protocol, handle.name, handle.version, canonical)
-        body, hit = await responses.get_or_compute(handle.name, key, compute)
+        requested = handle.version
+
+        async def versioned() -> tuple[bytes, str]:
+            body = await compute()
+            return body, scope.get(COMPUTED_VERSION, requested)
+
+        body, hit, _ = await cached(responses, self.protocol, handle, canonical, versioned, self.deadline(request))
         return body, "hit" if hit else "miss"
+
+
+async def cached(
+    responses: ResponseCache,
+    protocol: str,
+    handle: ModelHandle,
+    canonical: bytes,
+    compute: Callable[[], Awaitable[tuple[bytes, str]]],
+    deadline: float | None,
+) -> tuple[bytes, bool, str]:
+    """The response for `canonical` from the cache or `compute` (body and the version that computed it): the body,
+    whether it was a hit, and the version that made it.
+
+    Entries are keyed by protocol, model, version (label and code fingerprint) and request. A response is stored
+    under the version that computed it: a request queued before a hot reload and computed after it must not
+    land under the old version's key, where a rollback would serve it.
+    """
+    requested = handle.version
+    computed: list[str] = []
+
+    async def body() -> bytes:
+        made, version = await compute()
+        computed.append(version)
+        return made
+
+    def key(version: str) -> str:
+        return cache_key(protocol, handle.name, handle.cache_tag(version), canonical)
+
+    made, hit = await responses.get_or_compute(
+        handle.name, key(requested), body, deadline=deadline, store_key=lambda: key(computed[0])
+    )
+    return made, hit, computed[0] if computed else requested
 
 
 def _client_address(scope: Scope) -> str:
     peer = scope.get("client")
     return str(peer[0]) if peer else ""
+
+
+def count_refusal(request: Request, error: BatcheryError, engine: Engine) -> None:
+    """Count a 413 that an adapter answers itself in `batchery_rejected_total{reason="too_large"}`, as the app's
+    handler counts the native route's (app/failures.py)."""
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None and error.code == PayloadTooLarge.code:
+        name = request.path_params.get("name") or request.scope.get(MODEL) or ""
+        metrics.rejected(name if name in engine.handles else "", "too_large", 1)

@@ -75,13 +75,21 @@ def from_json(where: str, datatype: str, shape: list[int], data: Any) -> np.ndar
         except ValueError as exc:
             raise BadRequest(f"{where}: data is not a regular array: {exc}") from exc
         _check_depth(where, values.ndim, shape)
+        dtype = DATATYPES[datatype]
+        if dtype.kind in "iu" and values.dtype.kind in "fO":
+            try:
+                exact = _exact_integers(data, values.shape)
+            except OverflowError as exc:
+                raise BadRequest(f"{where}: a value is out of range for {datatype}") from exc
+            values = values if exact is None else exact
         allowed = _KINDS.get(datatype, "iu")
         if values.size and values.dtype.kind not in allowed:
             raise BadRequest(f"{where} is {datatype}, but its data holds {_kind_name(values.dtype.kind)}")
-        dtype = DATATYPES[datatype]
+        if dtype.kind in "iu" and values.size:
+            info = np.iinfo(dtype)
+            if int(values.min()) < info.min or int(values.max()) > info.max:  # Python ints: an exact comparison
+                raise BadRequest(f"{where}: a value is out of range for {datatype}")
         array = values.astype(dtype).reshape(-1)
-        if values.dtype.kind in "iu" and dtype.kind in "iu" and not np.array_equal(array, values.reshape(-1)):
-            raise BadRequest(f"{where}: a value is out of range for {datatype}")
     return _shaped(where, array, shape)
 
 
@@ -139,6 +147,12 @@ def from_values(name: str, values: Sequence[Any], datatype: str | None = None) -
         stacked = np.asarray(values)
     except ValueError:  # ragged: one JSON document per input
         stacked = np.empty(0, dtype=object)
+    if stacked.dtype.kind in "fO" and _first_is_integer(values):
+        try:
+            exact = _exact_integers(values, stacked.shape)
+        except OverflowError:  # past uint64, or negative and past int64: left as numpy made it
+            exact = None
+        stacked = stacked if exact is None else exact
     if stacked.dtype.kind in "biuf" and stacked.shape[:1] == (len(values),):
         if datatype is not None and datatype != "BYTES":
             return Tensor(name, datatype, stacked.astype(DATATYPES[datatype], copy=False))
@@ -252,6 +266,35 @@ def _too_deep(where: str, shape: list[int]) -> BadRequest:
 
 def _ragged(where: str) -> BadRequest:
     return BadRequest(f"{where}: data is not a regular array: its lists differ in length or depth")
+
+
+def _exact_integers(data: Any, shape: tuple[int, ...]) -> np.ndarray[Any, Any] | None:
+    """`data` as int64, else uint64, value for value, when every value in it is an integer; None when one is not.
+
+    numpy reads integers past int64 mixed with smaller ones as float64, which loses digits (2**64 - 1 is then
+    1.8446744073709552e19). OverflowError when a value fits neither type.
+    """
+    values = np.empty(shape, dtype=object)
+    try:
+        values[...] = data
+    except ValueError:  # not the regular shape numpy saw: not an integer array either
+        return None
+    if not all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in values.flat):
+        return None
+    try:
+        return values.astype(np.int64)
+    except OverflowError:
+        return values.astype(np.uint64)
+
+
+def _first_is_integer(values: Sequence[Any]) -> bool:
+    """Whether the first scalar in `values` is an integer: a cheap test before looking at every value."""
+    first: Any = values
+    while isinstance(first, list | tuple) and first:
+        first = first[0]
+    if isinstance(first, np.ndarray):
+        return first.dtype.kind in "iuO"
+    return isinstance(first, int | np.integer) and not isinstance(first, bool)
 
 
 def _kind_name(kind: str) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.routing import APIRoute
 from starlette.datastructures import UploadFile
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import Scope
@@ -21,7 +21,7 @@ from starlette.types import Scope
 from batchery.app.deadline import infer_pipeline_until, infer_until, request_deadline, request_priority
 from batchery.config import Settings
 from batchery.engine import Engine
-from batchery.errors import BadRequest, InvalidInput, PayloadTooLarge
+from batchery.errors import BadRequest, BatcheryError, InvalidInput, PayloadTooLarge
 from batchery.images import DEFAULT_LIMITS, ImageLimits, check_media_type
 from batchery.protocols import native
 from batchery.protocols.responses import json_response
@@ -103,6 +103,10 @@ async def read_files(request: Request, limits: ImageLimits, *, max_items: int) -
         form = await request.form(max_files=max_items, max_fields=max_items)
     except AssertionError as exc:  # starlette asserts that python-multipart is installed
         raise ImportError("multipart uploads need python-multipart: pip install 'batchery[images]'") from exc
+    except BatcheryError:  # the body limit's 413 (BodyLimit), raised from inside the form parser
+        raise
+    except ClientDisconnect:
+        raise
     except Exception as exc:  # starlette raises MultiPartException (and HTTPException) for a malformed form
         if "Too many" in str(exc):
             raise PayloadTooLarge(f"too many parts in the form; the limit is {max_items}") from exc
