@@ -17,7 +17,7 @@ from collections.abc import Container
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from batchery.app.scope import CLIENT, MODEL, REQUEST_ID
+from batchery.app.scope import CLIENT, DISCONNECTED, MODEL, REQUEST_ID
 from batchery.metrics import Metrics
 
 _VALID_ID = re.compile(rb"[!-~]{1,128}")
@@ -62,7 +62,6 @@ class Telemetry:
         header = (b"x-request-id", request_id)
         status = 500  # what the client gets if the app fails before it starts a response
         responded = False
-        disconnected = False
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, responded
@@ -71,19 +70,13 @@ class Telemetry:
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
-        async def receive_watching() -> Message:
-            nonlocal disconnected
-            message = await receive()
-            disconnected = disconnected or message["type"] == "http.disconnect"
-            return message
-
         metrics = self.metrics
         if metrics is not None:
             metrics.in_flight += 1
         try:
-            await self.app(scope, receive_watching, send_with_id)
+            await self.app(scope, receive, send_with_id)
         finally:
-            if disconnected and not responded:
+            if not responded and scope.get(DISCONNECTED):
                 status = CLIENT_CLOSED  # the client left before its answer: not a server error
             elapsed = time.perf_counter() - started
             route = scope.get("route")

@@ -11,6 +11,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from batchery import protocols
+from batchery.app.scope import DISCONNECTED
 from batchery.engine import Engine
 from batchery.errors import BatcheryError
 from batchery.metrics import Metrics
@@ -57,7 +58,8 @@ class Unexpected:
         try:
             await self.app(scope, receive, tracked)
         except ClientDisconnect:
-            return  # the client went away mid-body: nobody to answer, nothing failed here
+            scope[DISCONNECTED] = True  # the client went away mid-body: nobody to answer, nothing failed here
+            return
         except Exception as exc:
             if started:  # too late for an error response: the server logs it and closes the connection
                 raise

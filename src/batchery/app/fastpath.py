@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from batchery.app import failures
+from batchery.app.scope import DISCONNECTED
 from batchery.config import Settings
 from batchery.engine import Engine
 from batchery.errors import BatcheryError, PredictError
@@ -94,6 +95,7 @@ class PredictEndpoint:
         try:
             raw = await _read_body(receive)
             if raw is None:  # the client went away
+                scope[DISCONNECTED] = True
                 return
             body, headers = await self.predict(scope, name, raw, scope["app"].state.responses)
         except BatcheryError as exc:

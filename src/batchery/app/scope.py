@@ -8,3 +8,5 @@ REQUEST_ID = "batchery.request_id"
 MODEL = "batchery.model"
 #: The model version that computed this request's outputs, set once computed (the cache stores under it).
 COMPUTED_VERSION = "batchery.computed_version"
+#: Set when the client went away before its response (read mid-body): access logs and metrics record 499.
+DISCONNECTED = "batchery.disconnected"
