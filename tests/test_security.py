@@ -128,6 +128,24 @@ async def test_keys_rotate_without_a_restart_with_old_and_new_valid_together(tmp
         assert await _status(http, "anything") == 403
 
 
+async def test_a_key_rotated_before_the_first_predict_is_revoked_on_every_route(tmp_path: Path) -> None:
+    # The predict route's fast path built its own Auth layer on its first request, with the keys read at start-up
+    # but the file marked as read then: a rotation before that first request never reached predict.
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("old-key\n")
+    async with (
+        running_server([EchoModel()], api_keys_file=str(keys_file)) as server,
+        httpx.AsyncClient(base_url=server.url) as http,
+    ):
+        keys_file.write_text("new-key\n")
+        give_up = time.monotonic() + 30
+        while (await http.get("/v1/models", headers={"X-API-Key": "old-key"})).status_code != 403:
+            assert time.monotonic() < give_up, "the rotation never applied"
+            await asyncio.sleep(0.1)
+        assert await _status(http, "old-key") == 403
+        assert await _status(http, "new-key") == 200
+
+
 async def test_error_bodies_carry_no_stack_trace() -> None:
     async with running_server([Explodes()]) as server, httpx.AsyncClient(base_url=server.url) as http:
         response = await http.post("/v1/models/explodes/predict", json={"input": 1})

@@ -24,7 +24,7 @@ from batchery.metrics import Metrics
 
 #: Longer credentials are refused unread: no configured key is that long.
 MAX_KEY_BYTES = 1024
-__all__ = ["CLIENT", "ApiKeys", "Auth", "Forbidden", "Unauthorized"]
+__all__ = ["CLIENT", "ApiKeys", "Auth", "Forbidden", "KeyRing", "Unauthorized"]
 log = logging.getLogger("batchery.auth")
 
 
@@ -75,6 +75,25 @@ class ApiKeys:
         return found
 
 
+class KeyRing:
+    """The keys in force: the configured ones, re-read when `api_keys_file` changes (rotation). One per app,
+    shared by every `Auth` layer that serves it (the app's own, and the predict route's fast path), so a rotated
+    key is revoked on every route at once."""
+
+    def __init__(self, keys: ApiKeys, settings: Settings | None = None) -> None:
+        self.keys = keys
+        self._rotation = _Rotation(settings) if settings is not None and settings.api_keys_file else None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> KeyRing:
+        return cls(ApiKeys.from_settings(settings), settings)
+
+    def current(self) -> ApiKeys:
+        if self._rotation is not None:
+            self.keys = self._rotation.current(self.keys)
+        return self.keys
+
+
 class Auth:
     """Refuse requests without a valid key, except on `open_paths`; /admin routes need the admin key."""
 
@@ -82,31 +101,27 @@ class Auth:
         self,
         app: ASGIApp,
         *,
-        keys: ApiKeys,
+        keys: KeyRing | ApiKeys,
         open_paths: Iterable[str],
         metrics: Metrics | None = None,
-        settings: Settings | None = None,
     ) -> None:
-        """With `settings` naming an api_keys_file, keys are re-read when that file changes (rotation)."""
         self.app = app
-        self.keys = keys
+        self.ring = keys if isinstance(keys, KeyRing) else KeyRing(keys)
         self.open_paths = frozenset(open_paths)
         self.metrics = metrics
-        self._rotation = _Rotation(settings) if settings is not None and settings.api_keys_file else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        if self._rotation is not None:
-            self.keys = self._rotation.current(self.keys)
+        keys = self.ring.current()
         path: str = scope["path"]
         admin = path == "/admin" or path.startswith("/admin/")
-        if not admin and (path in self.open_paths or not self.keys.users):
+        if not admin and (path in self.open_paths or not keys.users):
             await self.app(scope, receive, send)
             return
         try:
-            scope[CLIENT] = self._authorize(scope, admin)
+            scope[CLIENT] = self._authorize(keys, scope, admin)
         except BatcheryError as exc:
             if self.metrics is not None:
                 self.metrics.rejected("", "unauthorized" if exc.status == 401 else "forbidden", 1)
@@ -117,11 +132,11 @@ class Auth:
             return
         await self.app(scope, receive, send)
 
-    def _authorize(self, scope: Scope, admin: bool) -> str:
-        if admin and not self.keys.admin:
+    def _authorize(self, keys: ApiKeys, scope: Scope, admin: bool) -> str:
+        if admin and not keys.admin:
             raise Forbidden("admin routes are off: no admin key is configured. Set BATCHERY_ADMIN_API_KEY to use them")
         presented = _presented(scope["headers"])
-        found = self.keys.check(presented)
+        found = keys.check(presented)
         if found is None:
             raise Forbidden("the API key is not valid; check it, or ask the operator for one")
         role, key_id = found

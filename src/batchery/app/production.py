@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from starlette.responses import Response
 
 from batchery.app.access import Telemetry
-from batchery.app.auth import ApiKeys, Auth
+from batchery.app.auth import Auth, KeyRing
 from batchery.app.proxy import PROBES
 from batchery.app.ratelimit import Limiter, RateLimit, TokenBuckets
 from batchery.cache.link import RedisLink
@@ -58,9 +58,7 @@ def install(app: FastAPI, engine: Engine, settings: Settings, metrics: Metrics |
     # /dashboard is a static page; its data route checks the admin key itself (app/dashboard.py).
     open_paths = PROBES | {"/dashboard"} | ({"/metrics"} if settings.metrics == "open" else set())
     # Always installed, even with no keys: it refuses /admin routes unless an admin key is configured.
-    app.add_middleware(
-        Auth, keys=ApiKeys.from_settings(settings), open_paths=open_paths, metrics=metrics, settings=settings
-    )
+    app.add_middleware(Auth, keys=KeyRing.from_settings(settings), open_paths=open_paths, metrics=metrics)
     if metrics is not None or settings.access_log != "off":
         app.add_middleware(Telemetry, metrics=metrics, log=settings.access_log, models=engine.handles)
     if settings.cors_origins:  # off unless configured: browsers on other origins may not call this server
