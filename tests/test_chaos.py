@@ -180,7 +180,8 @@ async def test_a_hanging_model_answers_504_at_the_deadline_and_the_server_stays_
 
 
 class SlowEcho(Model):
-    """Echoes after 100 ms a batch, in a worker process; "crash" makes the process exit as a segfault would."""
+    """Echoes after 100 ms a batch, in a worker process; "crash" makes the process exit as a segfault would, and
+    "hang" makes it hang."""
 
     name = "proc"
     workers = 2
@@ -190,7 +191,7 @@ class SlowEcho(Model):
     def predict(self, batch: list[Any]) -> list[Any]:
         if "crash" in batch:
             os._exit(139)
-        time.sleep(0.1)
+        time.sleep(60 if "hang" in batch else 0.1)
         return list(batch)
 
 
@@ -231,6 +232,37 @@ async def test_a_process_worker_killed_mid_batch_is_restarted_and_counted(idempo
     else:
         assert set(tally.statuses) <= {200, 503}, tally.statuses
         assert 1 <= tally.statuses[503] <= 4 * 2  # the killed batch (and at most one more per worker)
+
+
+async def test_a_hung_process_worker_is_killed_after_its_batch_timeout_and_the_lane_serves_again() -> None:
+    model = ProcessModel(SlowEcho(), batch_timeout=1.0)
+    async with running_server([model], workers=1) as server:
+        conn = await Connection.open(server.url)
+        try:
+            started = time.monotonic()
+            hung = await asyncio.wait_for(conn.request("POST", "/v1/models/proc/predict", b'{"input": "hang"}'), 30)
+            waited = time.monotonic() - started
+            after = await asyncio.wait_for(conn.request("POST", "/v1/models/proc/predict", b'{"input": 1}'), 30)
+        finally:
+            await conn.close()
+    assert hung.status == 503
+    assert "did not answer within 1s" in orjson.loads(hung.body)["error"]["message"]
+    assert waited < 20  # not the child's 60 s
+    assert after.status == 200  # before the fix the lane waited on the hung child for good
+
+
+async def test_a_worker_that_died_while_idle_is_restarted_before_the_next_batch() -> None:
+    async with running_server([ProcessModel(SlowEcho())], workers=1) as server:
+        victim = server.engine.handle("proc").lanes[0].model
+        os.kill(victim.pid, signal.SIGKILL)
+        await _until(lambda: not victim._process.is_alive(), "the child is dead")
+        conn = await Connection.open(server.url)
+        try:
+            answer = await asyncio.wait_for(conn.request("POST", "/v1/models/proc/predict", b'{"input": 7}'), 30)
+        finally:
+            await conn.close()
+    assert answer.status == 200, answer.body  # nothing was computed: the batch goes to the new child
+    assert orjson.loads(answer.body)["output"] == 7
 
 
 @pytest.mark.slow

@@ -37,13 +37,25 @@ class WorkerCrashed(BatcheryError):
     code = "worker_crashed"
 
 
+class WorkerTimedOut(WorkerCrashed):
+    """The process computing this batch did not answer within `batch_timeout` and was killed (never retried)."""
+
+
 class ProcessModel:
     """Wraps a picklable model (its class at module level, in a package or in a served file); see the module
     docstring."""
 
     def __init__(
-        self, model: Any, *, idempotent: bool | None = None, max_restarts: int = 3, window: float = 60.0
+        self,
+        model: Any,
+        *,
+        idempotent: bool | None = None,
+        max_restarts: int = 3,
+        window: float = 60.0,
+        batch_timeout: float | None = 300.0,
     ) -> None:
+        """`batch_timeout`: seconds the child may take for one batch before it is killed and restarted (the batch
+        gets 503 `worker_crashed`); None waits for ever, and a hung child then holds its lane for good."""
         self.model = model
         self.name = model_name(model)
         for setting in _SETTINGS:
@@ -52,6 +64,7 @@ class ProcessModel:
         self.idempotent = bool(getattr(model, "idempotent", False) if idempotent is None else idempotent)
         self.max_restarts = max_restarts
         self.window = window
+        self.batch_timeout = batch_timeout
         self.restarts = 0
         self.ready = True
         self._crashes: deque[float] = deque()
@@ -61,7 +74,13 @@ class ProcessModel:
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ProcessModel:
         # One child per lane: a copy shares the (never set-up) model, not the parent's child process.
-        return ProcessModel(self.model, idempotent=self.idempotent, max_restarts=self.max_restarts, window=self.window)
+        return ProcessModel(
+            self.model,
+            idempotent=self.idempotent,
+            max_restarts=self.max_restarts,
+            window=self.window,
+            batch_timeout=self.batch_timeout,
+        )
 
     @property
     def pid(self) -> int | None:
@@ -81,6 +100,8 @@ class ProcessModel:
     def predict(self, batch: list[Any]) -> list[Any]:
         try:
             return self._call(batch)
+        except WorkerTimedOut:
+            raise  # a batch that hung once would hang again: never retried
         except WorkerCrashed:
             if not self.idempotent or not self.ready:
                 raise
@@ -96,10 +117,19 @@ class ProcessModel:
         self._process = self._conn = None
 
     def _call(self, batch: list[Any]) -> list[Any]:
+        if self.ready and self._process is not None and not self._process.is_alive():
+            self._crashed()  # it died while idle: nothing of this batch was computed, so it goes to the new child
         if not self.ready or self._conn is None:
             raise WorkerCrashed(f"model '{self.name}' kept crashing and is not restarted; fix it, then restart")
         try:
             self._conn.send(("predict", batch))
+            if self.batch_timeout is not None and not self._conn.poll(self.batch_timeout):
+                self._process.kill()
+                self._crashed()
+                raise WorkerTimedOut(
+                    f"the worker process of model '{self.name}' did not answer within {self.batch_timeout:g}s "
+                    "(batch_timeout) and was restarted; retry the request"
+                )
             kind, value = self._conn.recv()
         except (EOFError, OSError) as exc:
             self._crashed()
