@@ -168,10 +168,16 @@ class Engine:
         return await self._submit(handle, payloads, deadline, client, priority)
 
     async def infer_decoded(
-        self, handle: ModelHandle, payloads: Sequence[Any], *, deadline: float | None = None
+        self,
+        handle: ModelHandle,
+        payloads: Sequence[Any],
+        *,
+        deadline: float | None = None,
+        client: str = DEFAULT_CLIENT,
+        priority: int = 0,
     ) -> list[Any]:
         """Like `infer`, for inputs that already went through `decode_request`."""
-        outputs, _ = await self._submit(handle, payloads, deadline, DEFAULT_CLIENT, 0)
+        outputs, _ = await self._submit(handle, payloads, deadline, client, priority)
         return outputs
 
     async def _submit(

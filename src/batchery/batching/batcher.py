@@ -29,6 +29,7 @@ from batchery.batching.oom import BatchCap, ItemError
 from batchery.batching.policy import ArrivalRate, CostModel, ReturningClients, worth_waiting
 from batchery.batching.records import Batch, BatchResult, Item
 from batchery.batching.scheduler import DEFAULT_CLIENT, Scheduler
+from batchery.batching.streaming import Stream
 from batchery.errors import BatcheryError, DeadlineExceeded, Overloaded, PredictError
 from batchery.observer import NullObserver, Observer
 
@@ -189,7 +190,10 @@ class Batcher:
         """Refuse at once inputs whose deadline is sooner than a batch of one can possibly take."""
         if not self.costs.trained:
             return
-        soonest = min((item.deadline for item in items if item.deadline is not None), default=None)
+        # A stream's deadline bounds its wait for a batch, not the stream, which the cost model measures whole.
+        soonest = min(
+            (item.deadline for item in items if item.deadline is not None and not _streamed(item)), default=None
+        )
         if soonest is not None and soonest - now < self.costs.cost(1):
             self.stats.expired += len(items)
             self.observer.rejected(self.name, "deadline", len(items))
@@ -249,7 +253,8 @@ class Batcher:
             self.stats.oom_events += len(result.failed_sizes)
         elif result.error is None and not result.bisected:
             self.cap.succeeded(size)
-            self.costs.observe(size, result.compute_seconds)
+            if not any(_streamed(item) for item in result.batch.items):  # a stream's time is its client's pace
+                self.costs.observe(size, result.compute_seconds)
 
     def abort(self, error: BaseException) -> int:
         """Answer every queued and computing input with `error` now (a drain whose time ran out: each client gets
@@ -371,7 +376,8 @@ class Batcher:
         for item in self._queue.pop(limit):
             if item.future.done():  # the client went away
                 continue
-            if item.deadline is not None and item.deadline <= now + estimate:
+            streamed = _streamed(item)
+            if item.deadline is not None and item.deadline <= now + (0.0 if streamed else estimate):
                 self.stats.expired += 1
                 self.observer.rejected(self.name, "deadline", 1)
                 item.future.set_exception(
@@ -384,7 +390,7 @@ class Batcher:
             if budget is not None and items and cost + item.cost > budget:
                 self._queue.requeue(item)  # over the cost cap: first in line for the next batch
                 break
-            if fit_deadlines:
+            if fit_deadlines and not streamed:
                 due = soonest if item.deadline is None else min(soonest, item.deadline)
                 if items and now + self.costs.cost(len(items) + 1) > due:
                     self._queue.requeue(item)  # would make the batch late: first in line for the next one
@@ -406,3 +412,8 @@ class Batcher:
     def _on_timer(self) -> None:
         self._timer = None
         self._dispatch()
+
+
+def _streamed(item: Item) -> bool:
+    """Whether `item` is a streamed input (its deadline bounds its wait for a batch, not its computation)."""
+    return isinstance(item.payload, Stream)

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from batchery.batching.oom import ItemError
 from batchery.errors import PredictError
 
 
@@ -89,9 +90,20 @@ class StreamingModel:
         return output  # partials were encoded one by one in predict
 
     def predict(self, batch: list[Any]) -> list[Any]:
-        if batch and all(isinstance(entry, Stream) for entry in batch):
+        streamed = [index for index, entry in enumerate(batch) if isinstance(entry, Stream)]
+        if not streamed:
+            return self._collect(batch)
+        if len(streamed) == len(batch):
             return self._stream(batch)
-        return self._collect(batch)
+        # A batch that mixes streams and `/predict` inputs: one generator each, the collected ones first (if
+        # they fail, nothing has gone out yet and the batch may be split and retried).
+        outputs: list[Any] = [None] * len(batch)
+        collected = [index for index, entry in enumerate(batch) if not isinstance(entry, Stream)]
+        for index, output in zip(collected, self._collect([batch[i] for i in collected]), strict=True):
+            outputs[index] = output
+        for index, output in zip(streamed, self._stream([batch[i] for i in streamed]), strict=True):
+            outputs[index] = output
+        return outputs
 
     def _steps(self, payloads: list[Any]) -> Iterator[list[Any]]:
         steps = self.model.predict(payloads)
@@ -132,6 +144,7 @@ class StreamingModel:
         loop = streams[0].loop
         live = [True] * len(streams)
         steps = self._steps([stream.payload for stream in streams])
+        failed: Exception | None = None
         try:
             for step in steps:
                 delivery: list[tuple[Stream, Any]] = []
@@ -152,10 +165,19 @@ class StreamingModel:
                     loop.call_soon_threadsafe(_deliver, delivery)
                 if not any(alive and not stream.cancelled for stream, alive in zip(streams, live, strict=True)):
                     break  # every client has its END or has gone: free the lane now
+        except Exception as exc:
+            if not any(stream.partials for stream in streams):
+                raise  # nothing went out: the batch may be split and retried (isolate.py, oom.py) like any other
+            failed = exc  # partials went out: computing these streams again would send them twice
         finally:
             close = getattr(steps, "close", None)
             if close is not None:
                 close()  # runs the model's own clean-up (try/finally in its generator) at once
+        if failed is not None:
+            error = PredictError(f"streaming model '{self.name}' failed mid-stream: {failed!r}")
+            error.__cause__ = failed
+            # Each stream still running ends with the error (an `event: error`); those already done keep theirs.
+            return [ItemError(error) if alive else stream.partials for stream, alive in zip(streams, live, strict=True)]
         # Streams that ran out with the generator end here; their END follows their last partial.
         ending = [(stream, END) for stream, alive in zip(streams, live, strict=True) if alive and not stream.cancelled]
         if ending:

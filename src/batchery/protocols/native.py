@@ -22,7 +22,7 @@ from batchery.config import Settings
 from batchery.engine import Engine, ModelHandle
 from batchery.errors import BadRequest, InvalidInput, PayloadTooLarge
 from batchery.protocols.responses import json_response
-from batchery.protocols.serving import cached
+from batchery.protocols.serving import cached, client_address
 
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
@@ -69,16 +69,11 @@ def encode(outputs: list[Any], single: bool, *, model: str, version: str) -> byt
 async def _compute(
     engine: Engine, handle: ModelHandle, inputs: list[Any], single: bool, deadline: float | None, scope: Scope
 ) -> tuple[bytes, str]:
-    client = scope.get(CLIENT) or _client_address(scope)
+    client = scope.get(CLIENT) or client_address(scope)
     outputs, version = await infer_until(
         engine, handle, inputs, deadline, client=client, priority=request_priority(scope)
     )
     return encode(outputs, single, model=handle.name, version=version), version
-
-
-def _client_address(scope: Scope) -> str:
-    peer = scope.get("client")
-    return str(peer[0]) if peer else ""
 
 
 Predictor = Callable[[Scope, str, bytes, "ResponseCache | None"], Awaitable[tuple[bytes, dict[str, str]]]]

@@ -37,7 +37,7 @@ class Serving:
         """Outputs and the version that computed them; DeadlineExceeded (504) once the deadline passes."""
         scope = request.scope
         scope[MODEL] = handle.name  # adapters that read the model from the body tell metrics and access logs
-        client = scope.get(CLIENT) or _client_address(scope)
+        client = scope.get(CLIENT) or client_address(scope)
         deadline = request_deadline(scope, self.timeout)
         outputs, version = await infer_until(
             self.engine, handle, inputs, deadline, client=client, priority=request_priority(scope)
@@ -96,7 +96,8 @@ async def cached(
     return made, hit, computed[0] if computed else requested
 
 
-def _client_address(scope: Scope) -> str:
+def client_address(scope: Scope) -> str:
+    """The peer's address: who a request without an API key counts as for fairness and rate limits."""
     peer = scope.get("client")
     return str(peer[0]) if peer else ""
 

@@ -9,6 +9,8 @@ A client that disconnects is dropped from its batch's later steps.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,11 +20,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from batchery.app.deadline import request_priority
+from batchery.app.scope import CLIENT
 from batchery.batching.streaming import END, Stream, StreamingModel
 from batchery.config import Settings
 from batchery.engine import Engine
-from batchery.errors import BadRequest, BatcheryError, PredictError
-from batchery.protocols.serving import Serving
+from batchery.errors import BadRequest, BatcheryError, DeadlineExceeded, PredictError
+from batchery.protocols.responses import error_response
+from batchery.protocols.serving import Serving, client_address
 
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 _HEADERS = [
@@ -46,6 +51,7 @@ class _Failed:
 
 
 _DISCONNECTED = object()
+_EXPIRED = object()  # the deadline passed (it matters only before the stream's first message)
 
 
 def decode(body: bytes) -> Any:
@@ -70,12 +76,21 @@ def encode_error(error: BatcheryError) -> bytes:
 
 
 class EventStream(Response):
-    """Sends a `Stream`'s partials as they come; watches for the client leaving and cancels the stream then."""
+    """Sends a `Stream`'s partials as they come; watches for the client leaving and cancels the stream then.
 
-    def __init__(self, stream: Stream, task: asyncio.Future[list[Any]], headers: dict[str, str]) -> None:
-        super().__init__(headers=headers)
+    The status line waits for the stream's first message: an input refused or dropped while it waited for a
+    batch (full queue, shed, its deadline) is an ordinary JSON error with its own status (503 with Retry-After,
+    504), not a 200 followed by an error event. `X-Model-Version` is read then, from the version computing it.
+    """
+
+    def __init__(
+        self, stream: Stream, task: asyncio.Future[list[Any]], version: Callable[[], str], deadline: float | None
+    ) -> None:
+        super().__init__()
         self.stream = stream
         self.task = task
+        self.version = version
+        self.deadline = deadline
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         stream, task = self.stream, self.task
@@ -83,32 +98,56 @@ class EventStream(Response):
         task.add_done_callback(lambda done: queue.put_nowait(_outcome(done)))
         watcher = asyncio.create_task(_wait_for_disconnect(receive))
         watcher.add_done_callback(lambda _: queue.put_nowait(_DISCONNECTED))
-        headers = [*_HEADERS, *((k, v) for k, v in self.raw_headers if k not in (b"content-type", b"content-length"))]
-        finished = False
+        timer = None
+        if self.deadline is not None:  # it bounds the wait for a batch; a running stream is not cut short
+            loop = asyncio.get_running_loop()
+            timer = loop.call_at(loop.time() + max(0.0, self.deadline - time.monotonic()), queue.put_nowait, _EXPIRED)
+        started = complete = False  # complete: the lane is done with this stream (END or an error came)
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            while not finished:
+            while not complete:
                 messages = [await queue.get()]
                 while not queue.empty():  # partials that arrived together leave in one write
                     messages.append(queue.get_nowait())
-                chunks = []
+                chunks: list[bytes] = []
+                unsendable = False
                 for message in messages:
                     if message is _DISCONNECTED:
                         return
+                    if message is _EXPIRED:
+                        if started or chunks:
+                            continue
+                        message = _Failed(DeadlineExceeded("the request's deadline passed before its stream started"))
                     if message is END:
                         chunks.append(DONE_EVENT)
-                    elif isinstance(message, _Failed):
+                        complete = True
+                        break
+                    if isinstance(message, _Failed):
+                        if not started and not chunks:  # nothing sent yet: an ordinary error response
+                            await error_response(message.error)(scope, receive, send)
+                            return
                         chunks.append(encode_error(message.error))
-                    else:
+                        complete = True
+                        break
+                    try:
                         chunks.append(encode(message))
-                        continue
-                    finished = True
-                    break
-                await send({"type": "http.response.body", "body": b"".join(chunks), "more_body": not finished})
+                    except TypeError as exc:  # orjson cannot encode it: end this stream with an error event
+                        chunks.append(encode_error(PredictError(f"a partial result cannot be sent as JSON: {exc}")))
+                        unsendable = True
+                        break
+                if not started:
+                    started = True
+                    headers = [*_HEADERS, (b"x-model-version", self.version().encode("latin-1"))]
+                    await send({"type": "http.response.start", "status": 200, "headers": headers})
+                last = complete or unsendable
+                await send({"type": "http.response.body", "body": b"".join(chunks), "more_body": not last})
+                if unsendable:
+                    return
         except OSError:
             return  # the client went away while we wrote (ASGI 2.4 servers raise here)
         finally:
-            if not finished:
+            if timer is not None:
+                timer.cancel()
+            if not complete:
                 stream.cancelled = True  # the lane skips this stream from its next step on
                 task.cancel()
             watcher.cancel()
@@ -144,14 +183,19 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
             )
         (payload,) = engine.decode(handle, [decode(await request.body())])
         item = Stream(payload, asyncio.get_running_loop())
+        scope = request.scope
+        client, priority = scope.get(CLIENT) or client_address(scope), request_priority(scope)
         # The deadline bounds the wait for a batch (504 before any event); a running stream is not cut short.
-        task = asyncio.ensure_future(engine.infer_decoded(handle, [item], deadline=serving.deadline(request)))
-        # One turn of the loop runs the task up to its queueing, so a full queue is a 503 before any event.
+        deadline = serving.deadline(request)
+        task = asyncio.ensure_future(
+            engine.infer_decoded(handle, [item], deadline=deadline, client=client, priority=priority)
+        )
+        # One turn of the loop runs the task up to its queueing, so a full queue is a 503 at once.
         await asyncio.sleep(0)
         error = task.exception() if task.done() else None
         if error is not None:
             raise error
-        return EventStream(item, task, {"X-Model-Version": handle.version})
+        return EventStream(item, task, lambda: handle.version, deadline)
 
     router.add_api_route(
         "/v1/models/{name}/stream",
