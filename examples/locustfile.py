@@ -4,8 +4,8 @@
     locust -f examples/locustfile.py --host http://127.0.0.1:8000                    # web UI on :8089
     locust -f examples/locustfile.py --host http://127.0.0.1:8000 --headless -u 64 -r 16 -t 1m
 
-Settings, as environment variables: BATCHERY_MODEL (default all-minilm-l6-v2, the default model),
-BATCHERY_API_KEY (sent as X-API-Key when the server uses keys). Many users sending one input each is the
+Settings, as environment variables: LOCUST_MODEL (default all-minilm-l6-v2, the default model),
+LOCUST_API_KEY (sent as X-API-Key when the server uses keys). Many users sending one input each is the
 traffic dynamic batching is for; the batch task sends several inputs in one request, as a bulk job would.
 """
 
@@ -34,8 +34,8 @@ class BatcheryUser(FastHttpUser):
     wait_time = between(0.0, 0.05)
 
     def on_start(self) -> None:
-        self.model = os.environ.get("BATCHERY_MODEL", "all-minilm-l6-v2")
-        key = os.environ.get("BATCHERY_API_KEY")
+        self.model = os.environ.get("LOCUST_MODEL", "all-minilm-l6-v2")
+        key = os.environ.get("LOCUST_API_KEY")
         self.headers = {"X-API-Key": key} if key else {}
 
     @task(20)

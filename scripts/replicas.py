@@ -216,7 +216,13 @@ def cluster(
     batchery: str | None = None,
 ) -> Iterator[Cluster]:
     """Redis, `replicas` batchery processes serving `targets`, and nginx in front; all stopped on exit."""
-    command = [batchery or shutil.which("batchery") or str(Path(sys.executable).parent / "batchery"), "serve"]
+    executable = batchery or shutil.which("batchery") or str(Path(sys.executable).parent / "batchery")
+    if not Path(executable).exists():
+        raise FileNotFoundError(
+            f"batchery is not installed for {sys.executable}: run this script with the project's .venv/bin/python, "
+            "activate the virtual environment, or pass --batchery PATH"
+        )
+    command = [executable, "serve"]
     with tempfile.TemporaryDirectory(prefix="batchery-replicas-") as tmp:
         workdir = Path(tmp)
         workdir.chmod(0o755)  # nginx's workers (user nobody when started as root) use temp paths in here
@@ -265,12 +271,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     extra = dict(item.split("=", 1) for item in args.env)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with cluster(args.replicas, args.targets, extra, args.batchery) as running:
-        print(f"{len(running.replicas)} replicas behind {running.url} (Redis {running.redis_url}):", flush=True)
-        for replica in running.replicas:
-            print(f"  {replica.url} (pid {replica.process.pid})", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            stop.wait()
+    try:
+        with cluster(args.replicas, args.targets, extra, args.batchery) as running:
+            print(f"{len(running.replicas)} replicas behind {running.url} (Redis {running.redis_url}):", flush=True)
+            for replica in running.replicas:
+                print(f"  {replica.url} (pid {replica.process.pid})", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                stop.wait()
+    except FileNotFoundError as exc:  # a program it needs is missing: one line that says which, not a traceback
+        print(f"replicas: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

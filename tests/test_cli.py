@@ -210,3 +210,11 @@ def test_environment_beats_the_config_files_server_table_and_flags_beat_both(tmp
     assert four.status_code == 413  # BATCHERY_MAX_ITEMS=3, not the file's 7
     assert three.status_code == 200
     assert padded.status_code == 200  # --max-body-bytes 200000, not the file's 100000
+
+
+def test_a_misspelt_batchery_variable_is_named_with_the_setting_it_was_likely_meant_for() -> None:
+    from batchery.config import unknown_variables
+
+    env = {"BATCHERY_API_KEY": "k", "BATCHERY_PORT": "1", "BATCHERY_MODEL_X_WORKERS": "2", "BATCHERY_CACHE_DIR": "/c"}
+    env |= {"BATCHERY_FROBNICATE": "1", "PATH": "/bin"}
+    assert unknown_variables(env) == ["BATCHERY_API_KEY (did you mean BATCHERY_API_KEYS?)", "BATCHERY_FROBNICATE"]

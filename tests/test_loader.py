@@ -103,3 +103,21 @@ async def test_a_process_model_whose_class_is_in_the_served_file_over_http(tmp_p
         answer = await http.post("/v1/models/shout/predict", json={"input": "hi"})
     assert answer.status_code == 200, answer.text
     assert answer.json()["output"] == "HI!"
+
+
+def test_a_served_file_imports_the_modules_beside_it_and_a_module_target_is_found_in_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "shouting_helpers_for_batchery.py").write_text("def shout(text):\n    return text.upper()\n")
+    (tmp_path / "app.py").write_text(
+        "from shouting_helpers_for_batchery import shout\n\n\nclass M:\n    def predict(self, batch):\n"
+        "        return [shout(x) for x in batch]\n"
+    )
+    assert loader.load_model(f"{tmp_path / 'app.py'}:M").predict(["hi"]) == ["HI"]
+    package = tmp_path / "elsewhere" / "servedpkg_for_batchery"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "model.py").write_text("class M:\n    def predict(self, batch):\n        return list(batch)\n")
+    monkeypatch.chdir(package.parent)  # `batchery serve servedpkg_for_batchery.model:M` run from there
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", ".")])
+    assert loader.load_model("servedpkg_for_batchery.model:M").predict([1]) == [1]

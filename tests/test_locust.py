@@ -24,7 +24,7 @@ def test_locustfile_runs_headless_without_failures(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", "8", "-r", "8"]
     command += ["-t", "3s", "--only-summary", "--json", "--skip-log-setup", "--exit-code-on-error", "1"]
     with server_thread([EchoModel()]) as server:
-        env = {**os.environ, "BATCHERY_MODEL": "echo"}
+        env = {**os.environ, "LOCUST_MODEL": "echo"}
         run = subprocess.run(
             [*command, "--host", server.url], env=env, capture_output=True, text=True, timeout=120, check=False
         )

@@ -244,3 +244,28 @@ async def test_cache_hits_on_the_openai_route_name_their_model_in_metrics() -> N
             assert (await http.post("/v1/embeddings", content=body)).status_code == 200
         metrics = (await http.get("/metrics")).text
     assert 'batchery_requests_total{model="letters",route="/v1/embeddings",status="200"} 3.0' in metrics
+
+
+class Opaque(Model):
+    name = "opaque"
+    example = 1
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        return [object() if x == "opaque" else x for x in batch]
+
+
+async def test_model_mistakes_found_by_a_new_user_get_messages_that_say_what_to_do() -> None:
+    from batchery.config import Settings
+    from batchery.errors import ConfigError
+    from batchery.server import Server
+
+    with pytest.raises(ConfigError, match=r"cache names 'shuot', which this server does not serve as a model"):
+        Server([EchoModel()], Settings.load({"cache": "shuot=memory"}))
+    async with running_server([Opaque()], api_keys="k1") as server, httpx.AsyncClient(base_url=server.url) as http:
+        key = {"X-API-Key": "k1"}
+        response = await http.post("/v1/models/opaque/predict", json={"input": "opaque"}, headers=key)
+        assert response.status_code == 500
+        assert "model 'opaque' returned an output that cannot be sent as JSON" in response.json()["error"]["message"]
+        dashboard = await http.get("/dashboard/data", headers=key)
+        assert dashboard.status_code == 403
+        assert "no admin key is configured: set BATCHERY_ADMIN_API_KEY" in dashboard.json()["error"]["message"]

@@ -289,3 +289,20 @@ async def test_a_rollback_during_a_reload_waits_for_it_and_keeps_the_history_str
         assert engine.handle("fragile").info().previous_versions == ["1", "3"]
     finally:
         await engine.stop()
+
+
+class FailsOnItsExample(Model):
+    name = "example-fails"
+    example = "warm"
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        raise ValueError("cannot handle 'warm'")
+
+
+async def test_a_warm_up_failure_says_it_was_the_warm_up_and_which_step() -> None:
+    with pytest.raises(ModelLoadError) as failure:
+        await Engine([FailsOnItsExample()]).start()
+    message = failure.value.message
+    assert "failed its warm-up: predict on a batch of 1 copies of `example` raised" in message
+    assert "cannot handle 'warm'" in message
+    assert "setup()" not in message

@@ -15,12 +15,25 @@ from batchery.errors import BatcheryError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="batchery", description="A fast inference server with dynamic batching.")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="serve one or more models over HTTP")
+    serve = commands.add_parser(
+        "serve",
+        help="serve one or more models over HTTP",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "Each model's own settings (max_batch_size, max_delay_ms, workers, devices, ...) come from the model\n"
+            "class, a TOML config file, or BATCHERY_MODEL_<NAME>_<SETTING> variables (NAME upper-cased, dashes as\n"
+            "underscores), e.g. BATCHERY_MODEL_ALL_MINILM_L6_V2_MAX_BATCH_SIZE=64. See docs/models.md."
+        ),
+    )
     serve.add_argument(
         "targets",
         nargs="*",
         metavar="TARGET",
-        help="path/to/file.py:Class or package.module:Class; none serves the default embedding model",
+        help=(
+            "path/to/file.py:Class, package.module:Class, a config file (batchery.toml) or a built-in name "
+            "(embedding, ocr); none serves the default embedding model. Files and modules are imported with "
+            "their folder (a file's) or the current folder (a module's) on the import path"
+        ),
     )
     for f in dataclasses.fields(Settings):
         flag = "--" + f.name.replace("_", "-")
@@ -48,34 +61,52 @@ def _boolean_flags() -> set[str]:
 
 
 def _spelled_out(argv: Sequence[str]) -> list[str]:
-    """`serve`'s boolean flags with their value attached: `--watch` alone is `--watch=true`, `--no-watch` is
-    `--watch=false`, and `--watch off` is `--watch=off`. A bare flag then never swallows the target after it
-    (`--watch app.py:A`), and the documented `--watch true` keeps working."""
+    """`serve`'s arguments as argparse should read them: flags first, each with its value attached, then the targets.
+
+    - A boolean flag alone is true (`--watch`), `--no-watch` is false, `--watch off` reads its word. A bare flag
+      then never swallows the target after it (`--watch app.py:A`), while a word that is neither a boolean nor a
+      target (`--watch maybe`) is read as the flag's value, so the message says it is not a boolean.
+    - Targets may come between flags (`serve a.py:A --port 8001 b.py:B`): argparse alone would refuse the second.
+    """
     args = list(argv)
     command = next((i for i, token in enumerate(args) if not token.startswith("-")), None)
     if command is None or args[command] != "serve":
         return args
-    flags = _boolean_flags()
-    out, rest = args[: command + 1], args[command + 1 :]
+    booleans = _boolean_flags()
+    valued = {"--" + f.name.replace("_", "-") for f in dataclasses.fields(Settings)} - booleans
+    flags, targets = args[: command + 1], []
+    rest = args[command + 1 :]
     i = 0
     while i < len(rest):
         token = rest[i]
         i += 1
         if token == "--":  # everything after it is a target
-            out.extend(rest[i - 1 :])
+            targets.extend(rest[i:])
             break
         negated = "--" + token[len("--no-") :] if token.startswith("--no-") else None
-        if negated in flags:
-            out.append(f"{negated}=false")
-        elif token in flags:
+        if negated in booleans:
+            flags.append(f"{negated}=false")
+        elif token in booleans:
             value = "true"
-            if i < len(rest) and _is_boolean(rest[i]):
+            if i < len(rest) and (_is_boolean(rest[i]) or _is_word(rest[i])):
                 value = rest[i]
                 i += 1
-            out.append(f"{token}={value}")
+            flags.append(f"{token}={value}")
+        elif token in valued and i < len(rest):
+            flags.append(f"{token}={rest[i]}")
+            i += 1
+        elif token.startswith("-"):
+            flags.append(token)  # --flag=value, -h, or a mistake argparse will name
         else:
-            out.append(token)
-    return out
+            targets.append(token)
+    return [*flags, *(["--"] if targets else []), *targets]
+
+
+def _is_word(token: str) -> bool:
+    """A plain word that cannot be a target (no `:Class`, no .toml, no built-in name): meant as a flag's value."""
+    from batchery.loader import BUILTIN
+
+    return not token.startswith("-") and ":" not in token and not token.endswith(".toml") and token not in BUILTIN
 
 
 def _is_boolean(word: str) -> bool:

@@ -127,6 +127,28 @@ class Settings:
         return cls(**values)
 
 
+#: `BATCHERY_*` variables read outside `Settings`: the model cache folder; per-model settings have their prefix.
+_OTHER_VARIABLES = frozenset({"BATCHERY_CACHE_DIR"})
+_MODEL_PREFIX = "BATCHERY_MODEL_"
+
+
+def unknown_variables(env: Mapping[str, str] | None = None) -> list[str]:
+    """`BATCHERY_*` variables that name no setting, each with the nearest setting's variable when one is close
+    (`BATCHERY_API_KEY` -> `BATCHERY_API_KEYS`): a misspelt one would otherwise be ignored without a word, and
+    a misspelt `BATCHERY_API_KEYS` leaves the server open."""
+    import difflib
+
+    env = os.environ if env is None else env
+    known = {env_name(f.name) for f in dataclasses.fields(Settings)} | _OTHER_VARIABLES
+    lines = []
+    for name in sorted(env):
+        if not name.startswith("BATCHERY_") or name in known or name.startswith(_MODEL_PREFIX):
+            continue
+        near = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        lines.append(f"{name} (did you mean {near[0]}?)" if near else name)
+    return lines
+
+
 def cache_backends(spec: str) -> dict[str, str]:
     """Parse the `cache` setting: "memory" means every model ("*"); "a=memory,b=off" names models."""
     backends: dict[str, str] = {}

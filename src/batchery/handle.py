@@ -335,6 +335,11 @@ class ModelHandle:
         except Exception as exc:
             for lane in lanes:
                 lane.stop()
+            if isinstance(exc, _WarmUpFailed):
+                raise ModelLoadError(
+                    f"model '{self.name}' (version {version}) failed its warm-up: {exc}. Fix predict() (or "
+                    "decode_request/encode_response) for the model's `example`, or the example itself"
+                ) from exc.__cause__
             raise ModelLoadError(
                 f"model '{self.name}' (version {version}) failed to load: {exc!r}. Fix the model's setup() or its "
                 "files, then start the server again (or retry the reload)"
@@ -365,15 +370,22 @@ class ModelHandle:
             if example is None:
                 log.info("model '%s' %s: setup %.2fs, no warm-up (no example)", self.name, lane.name, loaded - started)
                 return failed
-            decoded = model.decode_request(example)
-            for grant in grants:
-                for size in sizes:
-                    with cores.granted(grant):
-                        outputs = predict_splitting(
-                            lambda batch: checked_predict(model, batch, self.name), [decoded] * size, failed
-                        )
-                    for output in outputs:
-                        model.encode_response(output)
+            step = "decode_request(example)"
+            try:
+                decoded = model.decode_request(example)
+                for grant in grants:
+                    for size in sizes:
+                        step = f"predict on a batch of {size} copies of `example`"
+                        with cores.granted(grant):
+                            outputs = predict_splitting(
+                                lambda batch: checked_predict(model, batch, self.name), [decoded] * size, failed
+                            )
+                        step = f"encode_response of the outputs of a batch of {size}"
+                        for output in outputs:
+                            model.encode_response(output)
+            except Exception as exc:
+                message = exc.message if isinstance(exc, BatcheryError) else repr(exc)
+                raise _WarmUpFailed(f"{step} raised {message}") from exc
             log.info(
                 "model '%s' %s on %s: setup %.2fs, warm-up %.2fs (batches of %s)",
                 self.name,
@@ -415,6 +427,10 @@ class ModelHandle:
         if not indexes:
             return None
         return [reading for reading in NVML.readings() if reading.index in indexes] or None
+
+
+class _WarmUpFailed(Exception):
+    """Set-up worked, warm-up did not: the message says which step of it."""
 
 
 def _ms(seconds: float | None) -> float | None:

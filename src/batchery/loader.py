@@ -65,6 +65,7 @@ def _import(module_part: str, fresh: bool = False) -> Any:
             raise ConfigError(f"no such file: {path}")
         if not fresh and path in _executed:
             return _executed[path]  # executed once for all its targets, so that their objects pickle together
+        _importable(path.parent)  # as `python file.py` does: the file's own imports find the modules beside it
         name = _module_name(path)
         spec = importlib.util.spec_from_file_location(name, path)
         if spec is None or spec.loader is None:
@@ -78,11 +79,20 @@ def _import(module_part: str, fresh: bool = False) -> Any:
         _executed[path] = module
         file_modules.register(name, str(path))  # spawned children (process pools) import it by this name
         return module
+    _importable(Path.cwd())  # as `python -m` and uvicorn do: a package in the current folder can be served
     try:
         module = importlib.import_module(module_part)
         return importlib.reload(module) if fresh else module
     except Exception as exc:
         raise ConfigError(_import_failure(repr(module_part), exc)) from exc
+
+
+def _importable(folder: Path) -> None:
+    """Put `folder` on the import path (last: installed packages keep their precedence); spawned children
+    (process workers and pools) inherit it."""
+    entry = str(folder)
+    if entry not in sys.path:
+        sys.path.append(entry)
 
 
 def _module_name(path: Path) -> str:

@@ -18,7 +18,7 @@ import uvicorn
 
 from batchery.app.factory import create_app
 from batchery.app.fastpath import FastDispatch
-from batchery.config import Settings
+from batchery.config import Settings, unknown_variables
 from batchery.engine import Engine
 from batchery.errors import ConfigError, ModelLoadError, NotReady
 from batchery.metrics import Metrics
@@ -85,6 +85,10 @@ class Server:
 
     def __init__(self, models: Sequence[Any], settings: Settings | None = None) -> None:
         self.settings = settings or Settings.load()
+        for variable in unknown_variables():
+            log.warning(
+                "%s is set but is not a batchery setting: it is ignored (batchery serve --help lists them)", variable
+            )
         self.metrics = Metrics() if self.settings.metrics != "off" else None
         self.engine = Engine(
             models,

@@ -51,9 +51,12 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
 
     async def data(request: Request) -> Response:
         if admin is not None and not admin(request):
-            return error_response(
-                DashboardForbidden("the dashboard needs the admin key: send it as 'X-API-Key: <key>'")
-            )
+            if not settings.admin_api_key.strip():
+                why = "no admin key is configured: set BATCHERY_ADMIN_API_KEY, then send it as 'X-API-Key: <key>'"
+            else:
+                why = "send the admin key as 'X-API-Key: <key>'"
+            message = f"with API keys on, the dashboard's data needs the admin key; {why}"
+            return error_response(DashboardForbidden(message))
         metrics = getattr(request.app.state, "metrics", None)
         if metrics is None:
             return error_response(MetricsOff("metrics are off; set BATCHERY_METRICS=open (or auth) to see them here"))

@@ -19,8 +19,9 @@ from batchery.app.proxy import PROBES
 from batchery.app.ratelimit import Limiter, RateLimit, TokenBuckets
 from batchery.cache.link import RedisLink
 from batchery.cache.responses import ResponseCache
-from batchery.config import Settings
+from batchery.config import Settings, cache_backends
 from batchery.engine import Engine
+from batchery.errors import ConfigError
 from batchery.metrics import Metrics
 from batchery.protocols.responses import json_response
 
@@ -41,6 +42,7 @@ class Production:
 def install(app: FastAPI, engine: Engine, settings: Settings, metrics: Metrics | None) -> Production:
     """Add the configured middleware and the /metrics and /admin routes to `app`."""
     names = list(engine.handles)
+    _check_cache_names(settings, names)
     limited = settings.rate_limit > 0
     needs_redis = (limited and settings.rate_limit_backend == "redis") or any(
         settings.cache_backend(name) == "redis" for name in names
@@ -98,3 +100,13 @@ def _add_admin_routes(app: FastAPI, responses: ResponseCache | None) -> None:
         if responses is not None:
             await responses.clear()
         return json_response(b'{"cleared":true}')
+
+
+def _check_cache_names(settings: Settings, names: list[str]) -> None:
+    """A `cache` setting that names a model this server does not serve (a typo) would leave caching off unseen."""
+    unknown = sorted(set(cache_backends(settings.cache)) - {"*"} - set(names))
+    if unknown:
+        raise ConfigError(
+            f"cache names {', '.join(map(repr, unknown))}, which this server does not serve as a model (it serves "
+            f"{', '.join(names)}; pipelines' responses are not cached)"
+        )

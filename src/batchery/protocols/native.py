@@ -20,7 +20,7 @@ from batchery.app.scope import CLIENT
 from batchery.cache import ResponseCache, canonical_json
 from batchery.config import Settings
 from batchery.engine import Engine, ModelHandle
-from batchery.errors import BadRequest, InvalidInput, PayloadTooLarge
+from batchery.errors import BadRequest, InvalidInput, PayloadTooLarge, PredictError
 from batchery.protocols.responses import json_response
 from batchery.protocols.serving import cached, client_address
 
@@ -61,9 +61,18 @@ def decode(body: bytes, *, max_items: int) -> tuple[list[Any], bool]:
 
 def encode(outputs: list[Any], single: bool, *, model: str, version: str) -> bytes:
     """Serialise outputs (numpy arrays included) into the response body."""
+    body: dict[str, Any] = {"model": model, "version": version}
     if single:
-        return orjson.dumps({"model": model, "version": version, "output": outputs[0]}, option=_DUMPS_OPTIONS)
-    return orjson.dumps({"model": model, "version": version, "outputs": outputs}, option=_DUMPS_OPTIONS)
+        body["output"] = outputs[0]
+    else:
+        body["outputs"] = outputs
+    try:
+        return orjson.dumps(body, option=_DUMPS_OPTIONS)
+    except TypeError as exc:  # orjson.JSONEncodeError: an object JSON cannot hold
+        raise PredictError(
+            f"model '{model}' returned an output that cannot be sent as JSON ({exc}). Hint: return lists, numbers, "
+            "strings, dicts or numpy arrays, or convert outputs in encode_response"
+        ) from exc
 
 
 async def _compute(
