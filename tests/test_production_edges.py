@@ -112,7 +112,8 @@ async def test_a_follower_keeps_its_own_deadline_and_outlives_the_leaders() -> N
     release.set()
     assert await leader == (b"answer", False)
 
-    # The leader's deadline is the leader's: a follower without one computes for itself.
+    # The leader's deadline is the leader's: a follower without one computes for itself (once: a second leader
+    # failing the same way hands its error on, so a flood of hopeless identical requests is not re-led in series).
     release.clear()
     first = asyncio.create_task(flights.do("j", leader_times_out))
     await asyncio.sleep(0)
@@ -126,13 +127,15 @@ async def test_a_follower_keeps_its_own_deadline_and_outlives_the_leaders() -> N
 async def test_identical_requests_over_http_do_not_share_a_deadline() -> None:
     async with running_server([Gate()], cache="memory") as server, httpx.AsyncClient(base_url=server.url) as http:
         body = {"input": "block"}
-        hasty = asyncio.create_task(
-            http.post("/v1/models/gate/predict", json=body, headers={"X-Request-Timeout-Ms": "100"})
+        hasty = asyncio.create_task(  # it computes "block" (0.4 s) and gives up at 0.3 s
+            http.post("/v1/models/gate/predict", json=body, headers={"X-Request-Timeout-Ms": "300"})
         )
         await asyncio.sleep(0.03)
-        patient = await http.post("/v1/models/gate/predict", json=body)
+        patient = asyncio.create_task(http.post("/v1/models/gate/predict", json=body))  # follows the hasty one
+        await asyncio.sleep(0.1)
+        assert server.app.state.responses.flights._calls  # one computation in flight, the patient one waiting
         assert (await hasty).status_code == 504
-        assert patient.status_code == 200, patient.text  # before the fix: the hasty client's 504
+        assert (await patient).status_code == 200, (await patient).text  # before the fix: the hasty client's 504
 
 
 async def test_responses_over_the_value_bound_are_computed_but_not_stored() -> None:
@@ -269,3 +272,41 @@ async def test_model_mistakes_found_by_a_new_user_get_messages_that_say_what_to_
         dashboard = await http.get("/dashboard/data", headers=key)
         assert dashboard.status_code == 403
         assert "no admin key is configured: set BATCHERY_ADMIN_API_KEY" in dashboard.json()["error"]["message"]
+
+
+async def test_a_rollback_keeps_its_versions_code_fingerprint(tmp_path: Path) -> None:
+    path = tmp_path / "model.py"
+    path.write_text(SOURCE.format(tag="a"))
+    async with running_server([loader.served(f"{path}:M", fresh=True)]) as server:
+        handle = server.engine.handle("m")
+        first = handle.cache_tag("1")
+        path.write_text(SOURCE.format(tag="b"))
+        await handle.reload()
+        assert handle.cache_tag(handle.version) != first
+        await handle.rollback()
+        # Version 1's code is no longer on disk: it keeps the fingerprint it was loaded with, not file b's.
+        assert handle.cache_tag("1") == first
+
+
+def test_a_second_out_of_memory_size_does_not_halve_the_cap_again() -> None:
+    from batchery.batching.oom import BatchCap
+
+    cap = BatchCap(32)
+    for size in (16, 16, 32):  # what one batch of 32 records on a model whose limit is 12
+        cap.failed(size)
+    assert cap.value == 8  # half the smallest failing size; before the fix 2
+
+
+async def test_a_flood_of_identical_hopeless_requests_is_not_re_led_one_by_one() -> None:
+    flights = SingleFlight()
+    calls = 0
+
+    async def hopeless() -> bytes:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.01)
+        raise DeadlineExceeded("too late")
+
+    results = await asyncio.gather(*(flights.do("k", hopeless) for _ in range(200)), return_exceptions=True)
+    assert all(isinstance(result, DeadlineExceeded) for result in results)
+    assert calls <= 2  # before the fix: 200 computations in series, each waking every remaining follower

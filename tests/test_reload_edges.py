@@ -67,38 +67,46 @@ async def test_a_plain_reload_after_a_reload_to_another_file_rebuilds_from_that_
         assert server.engine.handle("m").watch_files == [str(second.resolve())]
 
 
-class Slow(Model):
-    """Each input takes 100 ms; batches of 2 on one lane, so a request of 5 inputs spans three batches."""
+class Gated(Model):
+    """One lane, batches of 2. On version 1 a batch holding "c" waits for `gate`, so a test can swap versions while
+    one request's inputs are split over batches before and after the swap."""
 
-    name = "slow"
+    name = "gated"
     version = "1"
     tag = "v1"
     workers = 1
     max_batch_size = 2
     example = "warm"
+    gate = threading.Event()
 
     def predict(self, batch: list[Any]) -> list[Any]:
-        time.sleep(0.1 * len(batch) if batch != ["warm"] else 0)
+        if self.tag == "v1" and "c" in batch:
+            self.gate.wait(30)
         return [f"{self.tag}:{x}" for x in batch]
 
 
-class SlowV2(Slow):
+class GatedV2(Gated):
     version = "2"
     tag = "v2"
 
 
 async def test_a_request_whose_inputs_straddle_a_swap_is_answered_by_one_version() -> None:
-    engine = Engine([Slow()])
+    Gated.gate.clear()
+    engine = Engine([Gated()])
     await engine.start()
     try:
-        request = asyncio.create_task(engine.infer_versioned("slow", ["a", "b", "c", "d", "e"]))
-        await asyncio.sleep(0.1)  # its first batch is computing on version 1
-        await engine.reload("slow", SlowV2())
+        request = asyncio.create_task(engine.infer_versioned("gated", ["a", "b", "c", "d", "e"]))
+        give_up = time.monotonic() + 30
+        while engine.handle("gated").batcher.stats.batches < 2:  # [a, b] done on v1, [c, d] held on v1
+            assert time.monotonic() < give_up, "the second batch never started"
+            await asyncio.sleep(0.01)
+        await engine.reload("gated", GatedV2())  # [e] now goes to version 2
+        Gated.gate.set()
         outputs, version = await request
     finally:
+        Gated.gate.set()
         await engine.stop()
-    tags = {output.partition(":")[0] for output in outputs}
-    assert tags == {"v2"}, outputs
+    assert {output.partition(":")[0] for output in outputs} == {"v2"}, outputs
     assert version == "2"
 
 
@@ -306,3 +314,34 @@ async def test_a_warm_up_failure_says_it_was_the_warm_up_and_which_step() -> Non
     assert "failed its warm-up: predict on a batch of 1 copies of `example` raised" in message
     assert "cannot handle 'warm'" in message
     assert "setup()" not in message
+
+
+class SecondModel(Plain):
+    name = "second"
+
+
+async def test_a_reload_of_a_model_still_waiting_for_its_start_up_applies_after_it() -> None:
+    engine = Engine([SlowSetup(), SecondModel()])  # loaded one after the other: "second" waits its turn
+    starting = asyncio.create_task(engine.start())
+    await asyncio.sleep(0.1)
+    assert engine.handle("second").status == "pending"
+    label = await engine.reload("second", SecondModel(), "9")  # before the fix: 409 "pending, not serving"
+    await starting
+    try:
+        assert label == "9"
+        assert engine.handle("second").version == "9"
+    finally:
+        await engine.stop()
+
+
+def test_outputs_without_an_order_or_rows_are_refused() -> None:
+    from batchery.batching.lane import checked_predict
+    from batchery.errors import PredictError
+
+    class Sets(Model):
+        def predict(self, batch: list[Any]) -> Any:
+            return set(batch)
+
+    with pytest.raises(PredictError, match="returned a set for a batch of 2 inputs"):
+        checked_predict(Sets(), [1, 2], "sets")
+    assert checked_predict(Arrays(), [1.0, 2.0], "arrays")[1].tolist() == [2.0, 2.0, 2.0]

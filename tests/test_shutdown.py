@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 
@@ -131,7 +132,11 @@ async def test_requests_the_drain_time_cannot_finish_get_a_retryable_503_not_a_5
             asyncio.create_task(c.request("POST", "/v1/models/recorder/predict", orjson.dumps({"input": f"r{i}"})))
             for i, c in enumerate(connections)
         ]
-        await asyncio.sleep(0.3)  # all 16 accepted and queued
+        async with httpx.AsyncClient(base_url=url) as http:  # all 16 accepted: 4 computing, 12 queued
+            give_up = time.monotonic() + 30
+            while (await http.get("/v1/models")).json()["models"][0]["queued"] < 12:
+                assert time.monotonic() < give_up, "the requests were never queued"
+                await asyncio.sleep(0.05)
         process.send_signal(signal.SIGTERM)
         responses = await asyncio.wait_for(asyncio.gather(*requests), 30)
         code = await asyncio.wait_for(process.wait(), 30)

@@ -138,3 +138,20 @@ async def test_a_streams_priority_header_is_read_and_checked(served: Any) -> Non
     status, _, text = await stream(http, {"n": 1}, **{"X-Priority": "nope"})
     assert status == 400
     assert "X-Priority" in text
+
+
+async def test_a_stream_whose_batch_started_is_not_cut_short_by_its_deadline(served: Any) -> None:
+    _, http = served
+    # Dispatched after the 300 ms batch window, its first step takes 500 ms: past the 400 ms deadline.
+    status, _, text = await stream(http, {"n": 2, "pause": 0.5}, **{"X-Request-Timeout-Ms": "400"})
+    assert status == 200, text  # before the fix: 504 at 400 ms, the computation thrown away
+    assert events(text) == ["0", "1", "[DONE]"]
+
+
+async def test_a_stream_swapped_out_before_its_first_partial_names_the_version_computing_it(served: Any) -> None:
+    server, http = served
+    running = asyncio.create_task(stream(http, {"n": 1, "pause": 0.6}))
+    await asyncio.sleep(0.45)  # dispatched at 0.3 s on version 1; its first partial comes at 0.9 s
+    await server.engine.reload("steps", StepsV2())
+    _, headers, _ = await running
+    assert headers["x-model-version"] == "1"

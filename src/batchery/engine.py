@@ -82,6 +82,9 @@ class Engine:
             for pipeline in self.pipelines.values():  # pipelines (issue 7)
                 await pipeline.pipeline.start()
         except BaseException:
+            for handle in self.handles.values():
+                if handle.status != "ready":
+                    handle.abandon()
             self.close()
             raise
         self.accepting = True

@@ -30,6 +30,7 @@ from batchery.gpu import NVML, GpuReading, device_index
 from batchery.model import model_name
 from batchery.observer import Observer
 from batchery.spec import ModelSpec, check_thread_budget, from_env, resolve_devices
+from batchery.workers.process import ProcessModel
 
 log = logging.getLogger("batchery.engine")
 
@@ -86,7 +87,7 @@ def code_fingerprint(prototype: Any, files: Sequence[str] = ()) -> str:
     hot reloads) never serves the old code's answers from a shared Redis. Weights are not read: when only they
     change, give the new version a new label.
     """
-    model = prototype.model if isinstance(prototype, StreamingModel) else prototype
+    model = prototype.model if isinstance(prototype, StreamingModel | ProcessModel) else prototype
     digest = hashlib.blake2b(type(model).__qualname__.encode(), digest_size=8)
     for path in files or (_source_file(type(model)),):
         with contextlib.suppress(OSError):
@@ -174,6 +175,7 @@ class ModelHandle:
         #: reload, the version serving now keeps serving and later reloads are not blocked behind a hung setup.
         self.load_timeout = 0.0
         self._reloading = asyncio.Lock()
+        self._loaded = asyncio.Event()  # set once the start-up load has finished, well or not
 
     def _validate(self) -> None:
         where = f"model '{self.name}'"
@@ -211,14 +213,25 @@ class ModelHandle:
         try:
             async with self._reloading:  # a reload sent during start-up waits, then finds the model ready
                 self.lanes = await self._build(loop, self.prototype, self.version)
-        except ModelLoadError:
-            self.status = "failed"
+        except BaseException:
+            self.abandon()
             raise
         self.batcher.cost_of = getattr(self.decoder, "input_cost", None)
         self.batcher.attach(self.lanes)
         self.load_seconds = time.monotonic() - started
         self.status = "ready"
+        self._loaded.set()
         log.info("model '%s' loaded and warmed up on %d worker(s) in %.2fs", self.name, self.workers, self.load_seconds)
+
+    def abandon(self) -> None:
+        """Mark the start-up load failed (or never to come, when an earlier model's failed): reloads waiting
+        for it are refused."""
+        self.status = "failed"
+        self._loaded.set()
+
+    async def _started(self) -> None:
+        if self.status in ("pending", "loading"):  # sent during start-up: apply once this model is up
+            await self._loaded.wait()
 
     async def reload(
         self,
@@ -235,12 +248,13 @@ class ModelHandle:
         it and which files `--watch` watches (none: the prototype itself, no files). On failure (ModelLoadError)
         the current version keeps serving.
         """
+        await self._started()
         async with self._reloading:
             if prototype is None:
                 source = self.source
                 prototype = self._reimported(source) if source.reimport else source.prototype
                 reimport, files = source.reimport, source.files
-            return await self._swap(prototype, version, reimport, tuple(files))
+            return await self._swap(prototype, version, reimport, tuple(files), code_fingerprint(prototype, files))
 
     def _reimported(self, source: Source) -> Any:
         assert source.reimport is not None
@@ -256,8 +270,15 @@ class ModelHandle:
         return error
 
     async def _swap(
-        self, prototype: Any, version: str | None, reimport: Callable[[], Any] | None, files: tuple[str, ...]
+        self,
+        prototype: Any,
+        version: str | None,
+        reimport: Callable[[], Any] | None,
+        files: tuple[str, ...],
+        fingerprint: str,
     ) -> str:
+        """Build `prototype`'s lanes beside the serving ones and swap them in. `fingerprint` is its code's, taken
+        when it was imported (the files may change while it builds; a rollback's code is no longer on disk)."""
         if self.status != "ready":
             raise Conflict(f"model '{self.name}' is {self.status}, not serving: reload it once it is ready")
         prototype = _streaming(prototype)
@@ -275,7 +296,7 @@ class ModelHandle:
             self._failed(exc)
             raise
         self.history.append(self.source)
-        self.source = Source(prototype, label, reimport, declared, files)
+        self.source = Source(prototype, label, reimport, declared, files, fingerprint)
         self.prototype = prototype
         self.lanes = lanes
         self.version = label
@@ -291,13 +312,16 @@ class ModelHandle:
         Holds the reload lock throughout, so a reload running at the same time finishes first; if building the
         previous version fails, it stays in the history for another try.
         """
+        await self._started()
         async with self._reloading:
             if not self.history:
                 raise Conflict(f"model '{self.name}' has no previous version to roll back to; reload a new one instead")
             previous = self.history.pop()
             current = self.source
             try:
-                label = await self._swap(previous.prototype, previous.version, previous.reimport, previous.files)
+                label = await self._swap(
+                    previous.prototype, previous.version, previous.reimport, previous.files, previous.fingerprint
+                )
             except BaseException:
                 self.history.append(previous)
                 raise

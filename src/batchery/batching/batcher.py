@@ -305,6 +305,9 @@ class Batcher:
             if wide:
                 self._wide_running = True
             lane = self._idle.pop()
+            for item in items:
+                if isinstance(item.payload, Stream):
+                    item.payload.version = lane.version  # its response header names the version computing it
             self._running += len(items)
             self.stats.batches += 1
             self.stats.items += len(items)

@@ -108,7 +108,10 @@ def checked_predict(model: Any, payloads: list[Any], model_name: str) -> list[An
     Warm-up checks with this too, so a model that passes warm-up cannot fail every request on its outputs' shape.
     """
     outputs = model.predict(payloads)
-    rows = not isinstance(outputs, str | bytes | dict) and hasattr(outputs, "__len__") and hasattr(outputs, "__iter__")
+    # An array (numpy, torch) of one row per input counts; a set (no order) or a table (iterates its columns)
+    # does not.
+    array = getattr(outputs, "ndim", 0) >= 1 and hasattr(outputs, "shape") and not hasattr(outputs, "columns")
+    rows = isinstance(outputs, list | tuple) or array
     if not rows or len(outputs) != len(payloads):
         got = f"{len(outputs)} outputs" if rows else f"a {type(outputs).__name__}"
         raise PredictError(

@@ -85,7 +85,7 @@ class BatchCap:
     def failed(self, size: int) -> None:
         self.oom_events += 1
         self.ceiling = min(self.ceiling, size)
-        self.value = max(1, min(self.value, size) // 2)
+        self.value = max(1, min(self.value, size // 2))  # half the failing size: never halving a cap already below
         self._successes = 0
 
     def succeeded(self, size: int) -> None:

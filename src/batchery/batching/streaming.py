@@ -43,6 +43,10 @@ class Stream:
     #: Set on the loop when the client went away; the lane reads it between steps and stops feeding this stream.
     cancelled: bool = False
     partials: int = 0
+    #: Set when its batch is dispatched: the version of the lane computing it, and that its computation began
+    #: (its deadline no longer applies: it bounds the wait for a batch, not the stream).
+    version: str = ""
+    started: bool = False
 
 
 class StreamingModel:
@@ -143,6 +147,8 @@ class StreamingModel:
         encode = getattr(self.model, "encode_response", None) or (lambda output: output)
         loop = streams[0].loop
         live = [True] * len(streams)
+        for stream in streams:
+            stream.started = True
         steps = self._steps([stream.payload for stream in streams])
         failed: Exception | None = None
         try:

@@ -1,7 +1,8 @@
 """Identical requests in flight at once are computed once; every caller gets the one result (or error).
 
-Each caller keeps its own deadline while it waits, and an error that belongs to the computing caller alone (its
-deadline, its client's share of the queue) is not handed on: the others compute for themselves.
+Each caller keeps its own deadline while it waits, and when the computing caller's own deadline fails it, the
+others compute for themselves, once (a flood of identical requests with hopeless deadlines must not hand the
+computation from one to the next, waking all the rest each time).
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from batchery.errors import DeadlineExceeded, Overloaded
+from batchery.errors import DeadlineExceeded
 
 #: Errors about the caller that computed, not about the computation: those waiting with it try on their own.
-_PERSONAL = (DeadlineExceeded, Overloaded)
+_PERSONAL = (DeadlineExceeded,)
 
 
 class SingleFlight:
@@ -33,6 +34,7 @@ class SingleFlight:
         `deadline` (a `time.monotonic()` time) bounds how long this caller waits for another's computation
         (DeadlineExceeded); its own computation is bounded by `compute` itself.
         """
+        retried = False
         while True:
             running = self._calls.get(key)
             if running is None:
@@ -45,9 +47,9 @@ class SingleFlight:
                     raise
                 # The leader was cancelled (its client left), not us: compute it ourselves.
             except _PERSONAL as exc:
-                if not (running.done() and not running.cancelled() and running.exception() is exc):
-                    raise  # our own deadline passed while waiting
-                # The leader's own deadline or queue share failed it: compute it ourselves.
+                if retried or not (running.done() and not running.cancelled() and running.exception() is exc):
+                    raise  # our own deadline passed while waiting, or a second leader failed the same way
+                retried = True  # the leader's own deadline failed it: compute it ourselves (or follow a new one)
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._calls[key] = future
         try:

@@ -114,7 +114,7 @@ class EventStream(Response):
                     if message is _DISCONNECTED:
                         return
                     if message is _EXPIRED:
-                        if started or chunks:
+                        if started or chunks or stream.started:  # its batch is computing: not cut short
                             continue
                         message = _Failed(DeadlineExceeded("the request's deadline passed before its stream started"))
                     if message is END:
@@ -195,7 +195,7 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
         error = task.exception() if task.done() else None
         if error is not None:
             raise error
-        return EventStream(item, task, lambda: handle.version, deadline)
+        return EventStream(item, task, lambda: item.version or handle.version, deadline)
 
     router.add_api_route(
         "/v1/models/{name}/stream",
