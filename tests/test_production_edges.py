@@ -310,3 +310,23 @@ async def test_a_flood_of_identical_hopeless_requests_is_not_re_led_one_by_one()
     results = await asyncio.gather(*(flights.do("k", hopeless) for _ in range(200)), return_exceptions=True)
     assert all(isinstance(result, DeadlineExceeded) for result in results)
     assert calls <= 2  # before the fix: 200 computations in series, each waking every remaining follower
+
+
+async def test_a_request_sharing_another_computation_names_the_version_that_computed_it() -> None:
+    async with running_server([Gate()], cache="memory") as server, httpx.AsyncClient(base_url=server.url) as http:
+        blocking = asyncio.create_task(http.post("/v1/models/gate/predict", json={"input": "block"}))
+        await asyncio.sleep(0.1)
+        leader = asyncio.create_task(http.post("/v1/models/gate/predict", json={"input": "twin"}))
+        await asyncio.sleep(0.05)
+        follower = asyncio.create_task(http.post("/v1/models/gate/predict", json={"input": "twin"}))
+        await asyncio.sleep(0.05)  # both wait behind "block", asked of version 1; the follower shares the leader's
+        await server.engine.reload("gate", GateV2())
+        answers = [await leader, await follower]
+        await blocking
+        stored = await http.post("/v1/models/gate/predict", json={"input": "twin"})
+    for answer in answers:
+        assert answer.json()["version"] == "2"
+        assert answer.headers["x-model-version"] == "2"  # the follower's said "1" before the fix
+    assert answers[1].headers["x-cache"] == "hit"
+    assert stored.headers["x-cache"] == "hit"
+    assert stored.headers["x-model-version"] == "2"

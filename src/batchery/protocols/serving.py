@@ -85,15 +85,21 @@ async def cached(
     async def body() -> bytes:
         made, version = await compute()
         computed.append(version)
-        return made
+        return version.encode() + _VERSION_END + made  # stored and shared with the version that made it
 
     def key(version: str) -> str:
         return cache_key(protocol, handle.name, handle.cache_tag(version), canonical)
 
-    made, hit = await responses.get_or_compute(
+    entry, hit = await responses.get_or_compute(
         handle.name, key(requested), body, deadline=deadline, store_key=lambda: key(computed[0])
     )
-    return made, hit, computed[0] if computed else requested
+    version, _, made = entry.partition(_VERSION_END)
+    return made, hit, version.decode()
+
+
+#: Ends the version label in front of each cached body, so a hit, or a request that shared another's computation,
+#: names the version that computed its answer, even when a swap came between.
+_VERSION_END = b"\0"
 
 
 def client_address(scope: Scope) -> str:
