@@ -15,6 +15,11 @@ class BatcheryError(Exception):
         self.retry_after = retry_after
 
 
+def describe(exc: BaseException) -> str:
+    """A deliberate error's own message, else the exception's repr (its type says what went wrong)."""
+    return exc.message if isinstance(exc, BatcheryError) else repr(exc)
+
+
 class BadRequest(BatcheryError):
     """The request body cannot be read (malformed JSON, wrong shape)."""
 

@@ -25,7 +25,7 @@ from batchery.batching.batcher import POLICIES, Batcher
 from batchery.batching.lane import Lane, checked_predict
 from batchery.batching.oom import predict_splitting
 from batchery.batching.streaming import StreamingModel
-from batchery.errors import BatcheryError, ConfigError, Conflict, ModelLoadError
+from batchery.errors import ConfigError, Conflict, ModelLoadError, describe
 from batchery.gpu import NVML, GpuReading, device_index
 from batchery.model import model_name
 from batchery.observer import Observer
@@ -261,8 +261,9 @@ class ModelHandle:
         try:
             return source.reimport()
         except Exception as exc:  # an import that fails or raises, a constructor that raises
-            message = exc.message if isinstance(exc, BatcheryError) else repr(exc)
-            raise self._failed(ModelLoadError(f"model '{self.name}' could not be imported again: {message}")) from exc
+            raise self._failed(
+                ModelLoadError(f"model '{self.name}' could not be imported again: {describe(exc)}")
+            ) from exc
 
     def _failed(self, error: ModelLoadError) -> ModelLoadError:
         self.reload_failures += 1
@@ -408,8 +409,7 @@ class ModelHandle:
                         for output in outputs:
                             model.encode_response(output)
             except Exception as exc:
-                message = exc.message if isinstance(exc, BatcheryError) else repr(exc)
-                raise _WarmUpFailed(f"{step} raised {message}") from exc
+                raise _WarmUpFailed(f"{step} raised {describe(exc)}") from exc
             log.info(
                 "model '%s' %s on %s: setup %.2fs, warm-up %.2fs (batches of %s)",
                 self.name,

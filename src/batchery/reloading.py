@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 
-from batchery.engine import Engine
+from batchery.engine import Engine, ModelHandle
 from batchery.errors import BatcheryError
 
 log = logging.getLogger("batchery.engine")
@@ -15,16 +15,19 @@ log = logging.getLogger("batchery.engine")
 async def reload_all(engine: Engine) -> dict[str, str]:
     """Reload every model, one after the other; map each name to its new version, or to the error that kept the
     old version serving."""
-    results: dict[str, str] = {}
-    for name, handle in engine.handles.items():
-        try:
-            results[name] = await handle.reload()
-        except BatcheryError as exc:  # logged and counted by the handle; the old version keeps serving
-            results[name] = f"failed: {exc.message}"
-        except Exception as exc:  # never stops the other models' reloads
-            log.exception("reload of model '%s' failed", name)
-            results[name] = f"failed: {exc!r}"
-    return results
+    return {name: await _reload(handle) for name, handle in engine.handles.items()}
+
+
+async def _reload(handle: ModelHandle) -> str:
+    """`handle.reload()` that never raises: the new version, or "failed: why" with the old version serving on.
+    Neither SIGHUP's other models nor the watch's later looks may be stopped by one failure."""
+    try:
+        return await handle.reload()
+    except BatcheryError as exc:  # logged and counted by the handle
+        return f"failed: {exc.message}"
+    except Exception as exc:
+        log.exception("reload of model '%s' failed", handle.name)
+        return f"failed: {exc!r}"
 
 
 class FileWatch:
@@ -54,9 +57,4 @@ class FileWatch:
                 if stamps == seen or stamps.keys() != seen.keys():  # a reload to other files: watch those now
                     continue
                 log.info("model '%s': its files changed, reloading", name)
-                try:
-                    await self.engine.handles[name].reload()
-                except BatcheryError:
-                    pass  # logged and counted by the handle; the old version keeps serving
-                except Exception:  # the watch must outlive any failure, or later changes go unseen
-                    log.exception("reload of model '%s' failed", name)
+                await _reload(self.engine.handles[name])

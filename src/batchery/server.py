@@ -20,7 +20,7 @@ from batchery.app.factory import create_app
 from batchery.app.fastpath import FastDispatch
 from batchery.config import Settings, unknown_variables
 from batchery.engine import Engine
-from batchery.errors import ConfigError, ModelLoadError, NotReady
+from batchery.errors import ConfigError, NotReady, describe
 from batchery.metrics import Metrics
 from batchery.reloading import FileWatch, reload_all
 
@@ -163,8 +163,7 @@ class Server:
                 self._watch = asyncio.get_running_loop().create_task(FileWatch(self.engine).run())
             return
         self.load_error = error
-        message = error.message if isinstance(error, ModelLoadError) else repr(error)
-        log.error("start-up failed: %s", message)
+        log.error("start-up failed: %s", describe(error))
         self.stop()
 
     def stop(self) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,13 +82,10 @@ class EventStream(Response):
     504), not a 200 followed by an error event. `X-Model-Version` is read then, from the version computing it.
     """
 
-    def __init__(
-        self, stream: Stream, task: asyncio.Future[list[Any]], version: Callable[[], str], deadline: float | None
-    ) -> None:
+    def __init__(self, stream: Stream, task: asyncio.Future[list[Any]], deadline: float | None) -> None:
         super().__init__()
         self.stream = stream
         self.task = task
-        self.version = version
         self.deadline = deadline
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -136,7 +132,8 @@ class EventStream(Response):
                         break
                 if not started:
                     started = True
-                    headers = [*_HEADERS, (b"x-model-version", self.version().encode("latin-1"))]
+                    # A partial or END came from a lane, which set the version when its batch was dispatched.
+                    headers = [*_HEADERS, (b"x-model-version", stream.version.encode("latin-1"))]
                     await send({"type": "http.response.start", "status": 200, "headers": headers})
                 last = complete or unsendable
                 await send({"type": "http.response.body", "body": b"".join(chunks), "more_body": not last})
@@ -195,7 +192,7 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
         error = task.exception() if task.done() else None
         if error is not None:
             raise error
-        return EventStream(item, task, lambda: item.version or handle.version, deadline)
+        return EventStream(item, task, deadline)
 
     router.add_api_route(
         "/v1/models/{name}/stream",
