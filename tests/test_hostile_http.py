@@ -133,6 +133,36 @@ async def test_a_body_shorter_than_its_content_length_gets_408(server: Any) -> N
     await still_serving(server)
 
 
+def _to(path: bytes, request: bytes) -> bytes:
+    return request.replace(PREDICT, path, 1)
+
+
+@pytest.mark.parametrize(
+    ("path", "read_message"),
+    [
+        (PREDICT, lambda body: orjson.loads(body)["error"]["message"]),
+        (b"/v2/models/echo/infer", lambda body: orjson.loads(body)["error"]),
+        (b"/v1/embeddings", lambda body: orjson.loads(body)["error"]["message"]),
+        (b"/v1/embeddings?x=1", lambda body: orjson.loads(body)["error"]["message"]),
+    ],
+    ids=["native", "kserve-v2", "openai", "openai-with-query"],
+)
+async def test_protocol_layer_refusals_are_in_the_shape_of_the_paths_protocol(
+    server: Any, path: bytes, read_message: Any
+) -> None:
+    # A client of KServe V2 or OpenAI reads errors in its own protocol's shape, also for the refusals of the
+    # HTTP layer below the app (head too large, body too slow).
+    status, body = await exchange(server, _to(path, post(b"{}", extra=b"X-Big: " + b"a" * 20_000 + b"\r\n")))
+    assert status == 431
+    assert "over the limit" in read_message(body)
+    status, body = await exchange(server, _to(path, post(b"{}", length=100)))
+    assert status == 408
+    assert "did not arrive" in read_message(body)
+    if path.startswith(b"/v1/embeddings"):
+        assert orjson.loads(body)["error"]["code"] == "request_timeout"
+    await still_serving(server)
+
+
 async def test_slowloris_trickling_a_head_gets_408_while_others_are_served(server: Any) -> None:
     head = post(b'{"input": 1}')
     trickle = asyncio.create_task(exchange(server, *(head[i : i + 1] for i in range(len(head))), pause=0.05))

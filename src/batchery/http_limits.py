@@ -4,7 +4,9 @@
 - A head not complete within `header_timeout` of its first byte, or of the connection opening (a client that
   connects and says nothing, or trickles a header a byte at a time: slowloris), gets 408 and is closed.
 - A body not complete within `body_timeout` of its head (slow, or shorter than its Content-Length) gets 408.
-Every refusal, and uvicorn's 400 for bytes that are not HTTP, is a small JSON error body, like the app's own.
+Every refusal, and uvicorn's 400 for bytes that are not HTTP, is a small JSON error body in the shape of the
+protocol the request's path belongs to (KServe V2's under /v2, OpenAI's on /v1/embeddings, batchery's elsewhere),
+like the app's own.
 """
 
 from __future__ import annotations
@@ -12,16 +14,37 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import orjson
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from batchery.errors import BatcheryError
+from batchery.protocols import error_response
 
-def _refusal(status: int, reason: bytes, code: str, message: str) -> bytes:
-    body = orjson.dumps({"error": {"code": code, "message": message}})
+
+class _HeadTooLarge(Exception):
+    """Raised from a parser callback to stop parsing a head that is over the limit."""
+
+
+class _Refused(BatcheryError):
+    """A refusal of the protocol layer, carrying its own status and code."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+def _refusal(path: str, status: int, reason: bytes, code: str, message: str) -> bytes:
+    """The whole response: `message` as the protocol serving `path` writes errors, then the connection closes."""
+    body = bytes(error_response(path, _Refused(status, code, message)).body)
     head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
     return head % (status, reason, len(body)) + body
+
+
+def _path(url: bytes) -> str:
+    """The path of a request target read so far (empty when none was), without its query."""
+    return url.partition(b"?")[0].decode("latin-1")
 
 
 class LimitedHttpTools(HttpToolsProtocol):
@@ -34,7 +57,9 @@ class LimitedHttpTools(HttpToolsProtocol):
     def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any], _loop: Any = None) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self._reading_head = True
-        self._head_bytes = 0
+        self._head_bytes = 0  # bytes received while the head is read: bounds what the parser buffers
+        self._head_parsed = 0  # the head's size as parsed: bounds a whole head that arrives in one read
+        self._head_too_large = False
         self._read_timer: asyncio.TimerHandle | None = None
 
     @classmethod
@@ -56,18 +81,29 @@ class LimitedHttpTools(HttpToolsProtocol):
         if self._reading_head and not self.transport.is_closing():
             self._head_bytes += len(data)
             if self._head_bytes > self.max_header_bytes:
-                self._refuse(
-                    431,
-                    b"Request Header Fields Too Large",
-                    "headers_too_large",
-                    f"the request line and headers are over the limit of {self.max_header_bytes} bytes",
-                )
+                self._refuse_large_head()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._reading_head = True
-        self._head_bytes = 0
+        self._head_bytes = self._head_parsed = 0
         self._arm(self.header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._count_head(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)  # "name: value\r\n"
+        super().on_header(name, value)
+
+    def _count_head(self, size: int) -> None:
+        """Stop the parser once the head is over the limit, even when it all came in one read: the request must
+        not reach the app. The parser turns the exception into its own error, which `send_400_response` gets."""
+        self._head_parsed += size
+        if self._head_parsed > self.max_header_bytes:
+            self._head_too_large = True
+            raise _HeadTooLarge
 
     def on_headers_complete(self) -> None:
         self._reading_head = False
@@ -79,8 +115,19 @@ class LimitedHttpTools(HttpToolsProtocol):
         super().on_message_complete()
 
     def send_400_response(self, msg: str) -> None:
+        if self._head_too_large:
+            self._refuse_large_head()
+            return
         # uvicorn's own answer to bytes that are not HTTP is text/plain; every batchery error is JSON.
         self._refuse(400, b"Bad Request", "bad_request", f"{msg} Send HTTP/1.1 with a valid request line and headers")
+
+    def _refuse_large_head(self) -> None:
+        self._refuse(
+            431,
+            b"Request Header Fields Too Large",
+            "headers_too_large",
+            f"the request line and headers are over the limit of {self.max_header_bytes} bytes",
+        )
 
     def _arm(self, seconds: float) -> None:
         self._disarm()
@@ -107,7 +154,7 @@ class LimitedHttpTools(HttpToolsProtocol):
         self._disarm()
         if self.cycle is not None:
             self.cycle.disconnected = True  # the app, if running, reads a disconnect and its writes are dropped
-        self.transport.write(_refusal(status, reason, code, message))
+        self.transport.write(_refusal(_path(getattr(self, "url", b"")), status, reason, code, message))
         self.transport.close()
 
 
