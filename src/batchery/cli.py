@@ -13,7 +13,10 @@ from batchery.errors import BatcheryError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from batchery import __version__
+
     parser = argparse.ArgumentParser(prog="batchery", description="A fast inference server with dynamic batching.")
+    parser.add_argument("--version", action="version", version=f"batchery {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
         "serve",

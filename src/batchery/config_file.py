@@ -33,9 +33,16 @@ def load(path: str | Path) -> tuple[dict[str, Any], list[Served]]:
     """The `[server]` settings (checked for type; BATCHERY_* variables and flags beat them) and the models listed."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        # TOML is UTF-8 whatever the locale says; a byte-order mark (Windows editors write one) is not an error.
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError as exc:
         raise ConfigError(f"no such config file: {path}") from exc
+    except OSError as exc:  # a folder, no permission
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not UTF-8 (byte {exc.start}): TOML files are UTF-8; save it as UTF-8 and try again"
+        ) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
     unknown = set(data) - {"server", "models"}

@@ -130,7 +130,9 @@ class ModelHandle:
         self.version = str(setting("version", "1"))
         self.devices = resolve_devices(str(setting("devices", "auto") or "auto"))
         per_device = setting("workers_per_device", None)
-        explicit_workers = workers or setting("workers", None)
+        # A model's own setting (its file entry, BATCHERY_MODEL_<NAME>_WORKERS) beats the server-wide `workers`,
+        # which beats the class's attribute.
+        explicit_workers = spec.workers or workers or getattr(model, "workers", None)
         if per_device:
             self.workers = int(per_device) * len(self.devices)
         elif explicit_workers:
@@ -145,7 +147,8 @@ class ModelHandle:
             check_thread_budget(self.name, cpu_lanes, self.threads_per_worker, total_cores)
         self.device = ",".join(self.devices)
         self.total_cores = total_cores
-        self.elastic = bool(getattr(model, "elastic", False)) and cpu_lanes == self.workers
+        # An explicit `threads_per_worker` is each lane's grant in predict too: never widened to every core.
+        self.elastic = bool(getattr(model, "elastic", False)) and cpu_lanes == self.workers and threads is None
         self.max_batch_size = int(setting("max_batch_size", 32))
         self.max_delay_ms = float(setting("max_delay_ms", 5.0))
         self.max_queue_wait_ms = float(setting("max_queue_wait_ms", 0.0))
@@ -155,6 +158,9 @@ class ModelHandle:
         self.load_seconds: float | None = None
         self.reloads = 0
         self.reload_failures = 0
+        #: Worker-process restarts of the versions this model served before the current one (a counter of the
+        #: model's whole life: the current version's lanes count their own).
+        self.retired_restarts = 0
         self._validate()
         self.batcher = Batcher(
             self.name,
@@ -162,7 +168,7 @@ class ModelHandle:
             max_delay=self.max_delay_ms / 1000.0,
             policy=self.policy,
             max_queue=self.max_queue_per_worker * self.workers,
-            cores=total_cores,
+            cores=total_cores if threads is None else self.threads_per_worker * self.workers,
             elastic=self.elastic,
             observer=observer,
             max_batch_cost=setting("max_batch_cost", None),
@@ -299,9 +305,11 @@ class ModelHandle:
         self.history.append(self.source)
         self.source = Source(prototype, label, reimport, declared, files, fingerprint)
         self.prototype = prototype
+        self.retired_restarts += sum(lane.model.restarts for lane in self.lanes if isinstance(lane.model, ProcessModel))
         self.lanes = lanes
         self.version = label
         self.reloads += 1
+        self.load_seconds = time.monotonic() - started
         self.batcher.cost_of = getattr(lanes[0].model, "input_cost", None)
         self.batcher.attach(lanes)  # the swap: from here every new batch runs on the new version
         log.info("model '%s' now serves version %s (loaded in %.2fs)", self.name, label, time.monotonic() - started)

@@ -45,6 +45,24 @@ NAMES = (
 )
 
 
+def model_label(engine: Engine, name: str) -> str:
+    """The `model` label for a request naming `name`: the name when the engine serves it as a model or a pipeline,
+    else empty, so names a client makes up never become label values (series)."""
+    return name if name in engine.handles or name in engine.pipelines else ""
+
+
+class ServedNames:
+    """The names `model_label` keeps, as a live container (a reload or a new model needs no update)."""
+
+    __slots__ = ("engine",)
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.engine.handles or name in self.engine.pipelines
+
+
 class Histogram:
     """Bucket counts and a sum; `observe` is one bisect and two additions."""
 

@@ -85,6 +85,11 @@ class ModelSpec:
     threads_per_worker: int | None = None
 
     def __post_init__(self) -> None:
+        if self.name is not None:
+            check_name(self.name)
+        if self.devices is not None:
+            for device in _device_list(self.devices):
+                _check_device(device)
         for key in _AT_LEAST_ONE:
             value = getattr(self, key)
             if value is not None and value < 1:
@@ -189,13 +194,9 @@ def _setting_suffix(rest: str) -> str | None:
 def resolve_devices(devices: str) -> list[str]:
     """Concrete devices for a devices setting; "auto" is CUDA where a runtime sees a GPU, else the CPU."""
     resolved: list[str] = []
-    for device in (part.strip() for part in devices.split(",") if part.strip()):
-        if device == "auto":
-            resolved.append("cuda" if cuda_available() else "cpu")
-        elif device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
-            resolved.append(device)
-        else:
-            raise ConfigError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N (several separated by commas)")
+    for device in _device_list(devices):
+        _check_device(device)
+        resolved.append(("cuda" if cuda_available() else "cpu") if device == "auto" else device)
     if any(device != "cpu" for device in resolved) and not _nvidia_device_present():
         # Not refused: a model may reach a GPU some other way; but nobody should learn it from the latency.
         log.warning(
@@ -204,6 +205,24 @@ def resolve_devices(devices: str) -> list[str]:
             devices,
         )
     return resolved or ["cpu"]
+
+
+def _device_list(devices: str) -> list[str]:
+    return [part.strip() for part in devices.split(",") if part.strip()]
+
+
+def _check_device(device: str) -> None:
+    if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise ConfigError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N (several separated by commas)")
+
+
+def check_name(name: str) -> None:
+    """Refuse a model name no route can reach: empty, or holding a `/` or a control character."""
+    if not name.strip() or "/" in name or not name.isprintable():
+        raise ConfigError(
+            f"name {name!r} cannot be a model's name: it is the path segment of /v1/models/{{name}}/predict, so it "
+            "must be non-empty, printable and free of '/'; use letters, digits, '-', '_' or '.'"
+        )
 
 
 def cuda_available() -> bool:

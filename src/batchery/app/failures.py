@@ -14,7 +14,7 @@ from batchery import protocols
 from batchery.app.scope import DISCONNECTED
 from batchery.engine import Engine
 from batchery.errors import BatcheryError
-from batchery.metrics import Metrics
+from batchery.metrics import Metrics, model_label
 from batchery.protocols.responses import error_response
 
 log = logging.getLogger("batchery.app")
@@ -28,7 +28,7 @@ def answer(
 ) -> Response:
     """The error response for `exc`; queue_full and deadline refusals are counted by the engine itself."""
     if metrics is not None and exc.code in _REJECTION_REASONS:
-        metrics.rejected(model if model in engine.handles else "", _REJECTION_REASONS[exc.code], 1)
+        metrics.rejected(model_label(engine, model), _REJECTION_REASONS[exc.code], 1)
     if exc.status >= 500 and exc.status not in (503, 504):
         log.error("%s %s failed: %s", method, path, exc.message, exc_info=exc.__cause__)
     return error_response(exc)

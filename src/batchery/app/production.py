@@ -22,7 +22,7 @@ from batchery.cache.responses import ResponseCache
 from batchery.config import Settings, cache_backends
 from batchery.engine import Engine
 from batchery.errors import ConfigError
-from batchery.metrics import Metrics
+from batchery.metrics import Metrics, ServedNames
 from batchery.protocols.responses import json_response
 
 
@@ -62,7 +62,7 @@ def install(app: FastAPI, engine: Engine, settings: Settings, metrics: Metrics |
     # Always installed, even with no keys: it refuses /admin routes unless an admin key is configured.
     app.add_middleware(Auth, keys=KeyRing.from_settings(settings), open_paths=open_paths, metrics=metrics)
     if metrics is not None or settings.access_log != "off":
-        app.add_middleware(Telemetry, metrics=metrics, log=settings.access_log, models=engine.handles)
+        app.add_middleware(Telemetry, metrics=metrics, log=settings.access_log, models=ServedNames(engine))
     if settings.cors_origins:  # off unless configured: browsers on other origins may not call this server
         _add_cors(app, settings.cors_origins)
     _add_admin_routes(app, responses)

@@ -19,6 +19,7 @@ from batchery.cache import ResponseCache, cache_key
 from batchery.config import Settings
 from batchery.engine import Engine, ModelHandle
 from batchery.errors import BatcheryError, PayloadTooLarge
+from batchery.metrics import model_label
 
 
 class Serving:
@@ -114,4 +115,4 @@ def count_refusal(request: Request, error: BatcheryError, engine: Engine) -> Non
     metrics = getattr(request.app.state, "metrics", None)
     if metrics is not None and error.code == PayloadTooLarge.code:
         name = request.path_params.get("name") or request.scope.get(MODEL) or ""
-        metrics.rejected(name if name in engine.handles else "", "too_large", 1)
+        metrics.rejected(model_label(engine, name), "too_large", 1)

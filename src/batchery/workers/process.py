@@ -17,6 +17,7 @@ from collections import deque
 from multiprocessing.connection import Connection
 from typing import Any
 
+from batchery import cores
 from batchery.errors import BatcheryError
 from batchery.model import model_name
 from batchery.workers import file_modules
@@ -26,7 +27,7 @@ log = logging.getLogger("batchery.workers")
 #: Batching settings read from the wrapped model (the engine reads them from this wrapper).
 _SETTINGS = (
     "version", "max_batch_size", "max_delay_ms", "batching", "workers", "max_queue_per_worker",
-    "max_queue_wait_ms", "example",
+    "max_queue_wait_ms", "max_batch_cost", "devices", "workers_per_device", "threads_per_worker", "example",
 )  # fmt: skip
 
 
@@ -61,6 +62,8 @@ class ProcessModel:
         for setting in _SETTINGS:
             if hasattr(model, setting):
                 setattr(self, setting, getattr(model, setting))
+        if callable(getattr(model, "input_cost", None)):  # runs on the event loop, as for any model
+            self.input_cost = model.input_cost
         self.idempotent = bool(getattr(model, "idempotent", False) if idempotent is None else idempotent)
         self.max_restarts = max_restarts
         self.window = window
@@ -69,6 +72,7 @@ class ProcessModel:
         self.ready = True
         self._crashes: deque[float] = deque()
         self._device = "cpu"
+        self._cores = 1
         self._process: Any = None
         self._conn: Connection | None = None
 
@@ -89,6 +93,7 @@ class ProcessModel:
     def setup(self, device: str) -> None:
         """Spawn the child and set the model up in it; raise what its setup raised."""
         self._device = device
+        self._cores = cores.granted_cores()  # the lane's share: the child's granted_cores() in setup and predict
         self._start()
 
     def decode_request(self, item: Any) -> Any:
@@ -167,7 +172,7 @@ class ProcessModel:
         # The model goes as bytes, unpickled in the child after it learned the served files' module names
         # (file_modules): a model class defined in a served file would otherwise fail before `_serve` runs.
         blob = pickle.dumps(self.model)
-        args = (child, blob, file_modules.registered(), self._device)
+        args = (child, blob, file_modules.registered(), self._device, self._cores)
         process = context.Process(target=_serve, args=args, daemon=True)
         process.start()
         child.close()
@@ -184,8 +189,13 @@ class ProcessModel:
         self._process, self._conn = process, parent
 
 
-def _serve(conn: Connection, blob: bytes, files: dict[str, str], device: str) -> None:
+def _serve(conn: Connection, blob: bytes, files: dict[str, str], device: str, granted: int) -> None:
     """The child: load and set the model up, then answer batches until the pipe closes."""
+    with cores.granted(granted):
+        _answer(conn, blob, files, device)
+
+
+def _answer(conn: Connection, blob: bytes, files: dict[str, str], device: str) -> None:
     try:
         file_modules.install(files)
         model = pickle.loads(blob)
@@ -207,8 +217,10 @@ def _serve(conn: Connection, blob: bytes, files: dict[str, str], device: str) ->
 
 
 def restarts(handle: Any) -> int:
-    """How many times the worker processes of a served model (a ModelHandle) were restarted."""
-    return sum(lane.model.restarts for lane in handle.lanes if isinstance(lane.model, ProcessModel))
+    """How many times the worker processes of a served model (a ModelHandle) were restarted, over every version
+    it served (a hot reload replaces the workers, and a counter must not go down)."""
+    live = sum(lane.model.restarts for lane in handle.lanes if isinstance(lane.model, ProcessModel))
+    return int(getattr(handle, "retired_restarts", 0)) + live
 
 
 def given_up(handle: Any) -> bool:
