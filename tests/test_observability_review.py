@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from batchery.app.access import access_log
 from batchery.config import Settings, unknown_variables
@@ -22,20 +21,9 @@ from batchery.model import Model
 from batchery.pipeline import Sequential
 from batchery.testing import running_server
 from batchery.workers.process import ProcessModel
+from test_metrics import value
 
 KUBE = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes"
-
-
-def series(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            found[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return found
-
-
-def value(text: str, name: str, **labels: str) -> float:
-    return series(text)[(name, frozenset(labels.items()))]
 
 
 class Inc(Model):
