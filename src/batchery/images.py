@@ -79,7 +79,7 @@ def from_json(item: Any, limits: ImageLimits = DEFAULT_LIMITS) -> bytes:
         if len(item) * 3 // 4 > limits.max_bytes + 3:  # refuse before decoding what is too large anyway
             raise PayloadTooLarge(f"the image has about {len(item) * 3 // 4} bytes; the limit is {limits.max_bytes}")
         try:
-            data = base64.b64decode(item, validate=True)
+            data = _b64decode(item)
         except (binascii.Error, ValueError) as exc:
             raise ValueError(f"the image is not valid base64: {exc}") from exc
     if len(data) > limits.max_bytes:
@@ -89,10 +89,24 @@ def from_json(item: Any, limits: ImageLimits = DEFAULT_LIMITS) -> bytes:
     return data
 
 
+def _b64decode(text: str) -> bytes:
+    """Strict base64, line breaks and spaces allowed: MIME encoders (`base64` on Linux, Python's
+    `base64.encodebytes`) break lines every 76 characters."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error:
+        unwrapped = "".join(text.split())
+        if unwrapped == text:
+            raise
+        return base64.b64decode(unwrapped, validate=True)
+
+
 def decode(data: bytes, limits: ImageLimits = DEFAULT_LIMITS, *, mode: str = "RGB", max_side: int | None = None) -> Any:
     """Decode `data` into an HxWxC uint8 array in `mode`, shrunk to `max_side` if given. Blocking: call off the loop.
 
     The size is checked from the header before any pixel is decoded, so a decompression bomb costs nothing.
+    The array is the image as viewers show it: turned as its EXIF orientation says (a phone photo taken upright
+    is stored sideways with such a tag).
     """
     try:
         from PIL import Image
@@ -104,7 +118,8 @@ def decode(data: bytes, limits: ImageLimits = DEFAULT_LIMITS, *, mode: str = "RG
         if max_side is not None and max(width, height) > max_side:
             image.draft(mode, (max_side, max_side))  # JPEG: decode at a reduced scale, much cheaper
             image.thumbnail((max_side, max_side))
-        return np.asarray(_converted(image, mode))
+        image.load()  # a corrupt pixel stream fails here (422), before the EXIF orientation is read
+        return np.asarray(_converted(_upright(image), mode))
     except Image.DecompressionBombError as exc:
         raise PayloadTooLarge(f"the image has too many pixels: {exc}") from exc
     except _CORRUPT as exc:
@@ -161,6 +176,31 @@ def _open(data: bytes, limits: ImageLimits) -> Any:
             "Send a smaller image"
         )
     return image
+
+
+def _upright(image: Any) -> Any:
+    """`image` turned as its EXIF orientation tag says; as it is when it has none, or an unreadable one."""
+    from PIL import Image
+
+    try:
+        orientation = image.getexif().get(_ORIENTATION, 1)
+    except _CORRUPT:  # a broken EXIF block says nothing about the pixels: keep them as stored
+        return image
+    method = _TRANSPOSES.get(orientation)
+    return image if method is None else image.transpose(Image.Transpose[method])
+
+
+_ORIENTATION = 0x0112
+#: EXIF orientation -> the `Image.Transpose` that shows the image upright (as `ImageOps.exif_transpose`).
+_TRANSPOSES = {
+    2: "FLIP_LEFT_RIGHT",
+    3: "ROTATE_180",
+    4: "FLIP_TOP_BOTTOM",
+    5: "TRANSPOSE",
+    6: "ROTATE_270",
+    7: "TRANSVERSE",
+    8: "ROTATE_90",
+}
 
 
 def _converted(image: Any, mode: str) -> Any:

@@ -2,8 +2,9 @@
 
     Sequential("tag", [Embedder(), AsyncStep(lookup), Classifier()])
 
-Each step takes the previous step's outputs. Async steps run per input on the event loop and call remote
-services through the pipeline's one shared `RemoteClient`; CPU steps run per input in a thread or process pool.
+Each step takes the previous step's outputs (a model step through its `decode_request`, as over its route). Async
+steps run per input on the event loop and call remote services through the pipeline's one shared `RemoteClient`;
+CPU steps run per input in a thread or process pool.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchery.errors import ConfigError, InvalidInput
 from batchery.gathering import gather_or_cancel
-from batchery.model import model_name
+from batchery.model import decode_all, model_name
 from batchery.pipeline.base import Pipeline, stage
 from batchery.pipeline.remote import RemoteClient, deadline_scope
 from batchery.workers.cpu_pool import CpuPool
@@ -63,12 +64,6 @@ class Sequential(Pipeline):
     def stages(self) -> list[Any]:
         return self._models
 
-    def decode_request(self, item: Any) -> Any:
-        """The first step's `decode_request` when it is a model: inputs are validated before anything runs."""
-        first = self.steps[0]
-        decode = None if isinstance(first, AsyncStep | CpuStep) else getattr(first, "decode_request", None)
-        return decode(item) if decode is not None else item
-
     async def start(self) -> None:
         for step in self.steps:
             if isinstance(step, CpuStep) and step.kind == "process":
@@ -87,8 +82,22 @@ class Sequential(Pipeline):
                 except (ValueError, TypeError) as exc:  # the step's verdict on a bad input, as decode_request's
                     raise InvalidInput(f"{getattr(step.fn, '__name__', 'a CPU step')} refused an input: {exc}") from exc
             else:
-                values = await stage(engine, model_name(step), values, deadline)
+                values = await stage(engine, model_name(step), self._decoded(engine, step, values), deadline)
         return values
+
+    def _decoded(self, engine: Engine, step: Any, values: list[Any]) -> list[Any]:
+        """`values` through the model step's `decode_request`, as over its own route, before any joins a batch.
+
+        The copy serving now decodes them (set up, and the new version after a reload). A bad client input is
+        refused by the first step before anything runs; a value refused by a later step is also a 422.
+        """
+        handle = engine.handles[model_name(step)]
+        try:
+            return decode_all(handle.decoder.decode_request, values)
+        except InvalidInput as exc:
+            if step is self.steps[0]:
+                raise
+            raise InvalidInput(f"step '{handle.name}' refused the previous step's output for {exc.message}") from exc
 
     async def aclose(self) -> None:
         await self.remote.aclose()

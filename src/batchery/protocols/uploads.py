@@ -7,8 +7,9 @@ protocol). Every other request falls through to the native route. Needs `python-
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter
 from fastapi.routing import APIRoute
@@ -16,17 +17,20 @@ from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Match
-from starlette.types import Scope
+from starlette.types import Receive, Scope
 
 from batchery.app.deadline import infer_pipeline_until, infer_until, request_deadline, request_priority
+from batchery.app.scope import CLIENT
 from batchery.config import Settings
 from batchery.engine import Engine
 from batchery.errors import BadRequest, BatcheryError, InvalidInput, PayloadTooLarge
 from batchery.images import DEFAULT_LIMITS, ImageLimits, check_media_type
 from batchery.protocols import native
 from batchery.protocols.responses import json_response
+from batchery.protocols.serving import client_address
 
 MULTIPART = b"multipart/form-data"
+T = TypeVar("T")
 
 
 def is_multipart(scope: Scope) -> bool:
@@ -67,11 +71,13 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
             inputs, single = native.decode(await request.body(), max_items=max_items)
         deadline = request_deadline(request.scope, timeout)
         if name in pipelines:
-            outputs = await infer_pipeline_until(engine, name, inputs, deadline)
+            outputs = await _unless_gone(request, infer_pipeline_until(engine, name, inputs, deadline))
             version = pipelines[name].version  # a config file may set it
         else:
             priority = request_priority(request.scope)
-            outputs, version = await infer_until(engine, engine.handle(name), inputs, deadline, priority=priority)
+            client = request.scope.get(CLIENT) or client_address(request.scope)
+            compute = infer_until(engine, engine.handle(name), inputs, deadline, client=client, priority=priority)
+            outputs, version = await _unless_gone(request, compute)
         body = native.encode(outputs, single, model=name, version=version)
         return json_response(body, headers={"X-Model-Version": version})
 
@@ -95,6 +101,28 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
         },
     )
     return router
+
+
+async def _unless_gone(request: Request, compute: Awaitable[T]) -> T:
+    """`compute`'s result, unless the client hangs up first: then it is cancelled (a pipeline's later stages, and
+    inputs still queued, are not computed for nobody) and ClientDisconnect raised (logged as 499)."""
+    task = asyncio.ensure_future(compute)
+    watcher = asyncio.ensure_future(_disconnected(request.receive))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.wait((task,))  # let it unwind: its queued inputs are dropped before compute
+    if task.cancelled():
+        raise ClientDisconnect()
+    return task.result()
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def read_files(request: Request, limits: ImageLimits, *, max_items: int) -> list[bytes]:
