@@ -18,6 +18,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from batchery.app.scope import ON_HANGUP
 from batchery.errors import BatcheryError
 from batchery.protocols import error_response
 
@@ -74,7 +75,12 @@ class LimitedHttpTools(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        cycle = self.cycle
         super().connection_lost(exc)
+        if cycle is not None and not cycle.response_started:
+            hang_up = cycle.scope.get(ON_HANGUP)
+            if callable(hang_up):
+                hang_up()  # the request is cancelled now, not computed for a client that is gone
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)

@@ -5,17 +5,22 @@ through the app's own production middleware (request ids, metrics, auth, rate li
 the predict endpoint, skipping FastAPI's routing, exception, telemetry and dependency layers, which cost more
 than the rest of such a request. Every other request goes to the FastAPI app unchanged; served without the
 dispatcher (e.g. by another ASGI server), the app answers predict through its regular route, identically.
+
+An inference request whose client hangs up before its answer has started is cancelled there and then (the HTTP
+protocol calls the request's `ON_HANGUP`): its inputs still queued are not computed for nobody, an identical
+request that shared its computation computes on by itself, and access logs and metrics record 499.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from batchery.app import failures
-from batchery.app.scope import DISCONNECTED
+from batchery.app.scope import DISCONNECTED, ON_HANGUP
 from batchery.config import Settings
 from batchery.engine import Engine
 from batchery.errors import BatcheryError, PredictError
@@ -28,6 +33,8 @@ log = logging.getLogger("batchery.app")
 _PREFIX = "/v1/models/"
 _SUFFIX = "/predict"
 _MULTIPART = b"multipart/"
+#: Paths of the inference routes, whose requests are cancelled when their client hangs up (never /admin).
+_INFERENCE = ("/v1/models/", "/v1/embeddings", "/v2/models/")
 _JSON = [(b"content-type", b"application/json")]
 
 
@@ -48,6 +55,29 @@ class FastDispatch:
         self._stack: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith(_INFERENCE):
+            await self._dispatch(scope, receive, send)
+            return
+        task = asyncio.current_task()
+        assert task is not None  # the server runs each request in a task
+        hung_up = False
+
+        def on_hangup() -> None:
+            nonlocal hung_up
+            hung_up = True
+            scope[DISCONNECTED] = True  # recorded as 499 by the telemetry middleware, which the cancel goes through
+            task.cancel()
+
+        scope[ON_HANGUP] = on_hangup
+        try:
+            await self._dispatch(scope, receive, send)
+        except asyncio.CancelledError:
+            if not hung_up or task.uncancel() > 0:  # cancelled for another reason too (a shutdown): let it end
+                raise
+        finally:
+            scope.pop(ON_HANGUP, None)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         name = self.endpoint.model(scope) if scope["type"] == "http" else None
         if name is None:
             await self.app(scope, receive, send)

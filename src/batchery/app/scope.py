@@ -10,3 +10,6 @@ MODEL = "batchery.model"
 COMPUTED_VERSION = "batchery.computed_version"
 #: Set when the client went away before its response (read mid-body): access logs and metrics record 499.
 DISCONNECTED = "batchery.disconnected"
+#: For an inference request being answered: what the HTTP protocol calls when the client hangs up before the
+#: response has started (the server's dispatcher sets it; see `fastpath.FastDispatch`).
+ON_HANGUP = "batchery.on_hangup"
