@@ -123,13 +123,21 @@ async def test_a_queued_stream_whose_deadline_passes_is_an_ordinary_504(served: 
 
 async def test_a_stream_header_names_the_version_that_computes_it(served: Any) -> None:
     server, http = served
-    busy = asyncio.create_task(stream(http, {"n": 10, "pause": 0.1}))
-    await asyncio.sleep(0.4)
-    queued = asyncio.create_task(stream(http, {"n": 1}))
-    await asyncio.sleep(0.1)
-    await server.engine.reload("steps", StepsV2())
+    batcher = server.engine.handle("steps").batcher
+    async with http.stream("POST", "/v1/models/steps/stream", json={"input": {"n": 10, "pause": 0.1}}) as busy:
+        lines = busy.aiter_lines()
+        while not (await anext(lines)).startswith("data:"):  # its batch is computing on version 1 now
+            pass
+        queued = asyncio.create_task(stream(http, {"n": 1}))
+        for _ in range(500):  # queued behind it, on version 1's watch
+            if batcher.queued:
+                break
+            await asyncio.sleep(0.01)
+        assert batcher.queued == 1
+        await server.engine.reload("steps", StepsV2())
+        async for _ in lines:  # the busy stream ends on version 1
+            pass
     _, headers, _ = await queued
-    await busy
     assert headers["x-model-version"] == "2"
 
 
