@@ -84,3 +84,50 @@ async def test_one_key_flooding_does_not_starve_another() -> None:
     assert 200 in answered
     backlog_batches = 48 / (2 * 4)
     assert p99(loaded) < 2 * p99(unloaded), (p99(unloaded), p99(loaded), backlog_batches)
+
+
+class OneAtATime(Model):
+    """A pipeline stage: one lane, one input a batch, 40 ms each."""
+
+    name = "one-at-a-time"
+    max_batch_size = 1
+    workers = 1
+    example = 0
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        time.sleep(0.04)
+        return batch
+
+
+async def test_one_key_flooding_a_pipeline_does_not_starve_another() -> None:
+    from batchery.pipeline import Sequential
+
+    chain = Sequential("chain", [OneAtATime()])
+    async with running_server([chain], api_keys=f"{FLOOD},{POLITE}") as server:
+        # 24 requests always queued: a backlog of about 1 s.
+        flooding = [Connection.open(server.url) for _ in range(24)]
+        connections = await asyncio.gather(*flooding)
+        stop = asyncio.Event()
+
+        async def flood(conn: Connection) -> None:
+            while not stop.is_set():
+                await conn.request("POST", "/v1/models/chain/predict", b'{"input": 1}', {"X-API-Key": FLOOD})
+
+        flooders = [asyncio.create_task(flood(conn)) for conn in connections]
+        await asyncio.sleep(0.5)
+        polite = await Connection.open(server.url)
+        latencies = []
+        for i in range(5):
+            started = time.perf_counter()
+            response = await polite.request(
+                "POST", "/v1/models/chain/predict", orjson.dumps({"input": i}), {"X-API-Key": POLITE}
+            )
+            latencies.append(time.perf_counter() - started)
+            assert response.status == 200
+        stop.set()
+        await asyncio.gather(*flooders)
+        for conn in [*connections, polite]:
+            await conn.close()
+    # Queued as one client, the polite key waited behind the whole flood (~1 s a request); as its own client,
+    # it waits for the batch computing and at most one of the flood's.
+    assert max(latencies) < 0.5, latencies

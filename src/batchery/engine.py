@@ -165,7 +165,7 @@ class Engine:
         """Like `infer`, also returning the model version that computed the outputs."""
         pipeline = self.pipelines.get(name)
         if pipeline is not None:  # pipelines (issue 7)
-            return await pipeline.infer(self, inputs, deadline), pipeline.version
+            return await pipeline.infer(self, inputs, deadline, client=client, priority=priority), pipeline.version
         handle = self.handle(name)
         payloads = self.decode(handle, inputs)
         return await self._submit(handle, payloads, deadline, client, priority)

@@ -85,12 +85,16 @@ async def infer_until(
     return await _by(deadline, compute, late)
 
 
-async def infer_pipeline_until(engine: Engine, name: str, inputs: Sequence[Any], deadline: float | None) -> list[Any]:
+async def infer_pipeline_until(
+    engine: Engine, name: str, inputs: Sequence[Any], deadline: float | None, *, client: str = "", priority: int = 0
+) -> list[Any]:
     """`engine.infer` of the pipeline `name`, answered with DeadlineExceeded (504) once `deadline` passes: its
-    stages skip what they had not started, and its async steps' remote calls end by the deadline too."""
+    stages skip what they had not started, and its async steps' remote calls end by the deadline too. Its stage
+    inputs queue as `client`'s at `priority`."""
+    compute = engine.infer(name, inputs, deadline=deadline, client=client, priority=priority)
     if deadline is None:
-        return await engine.infer(name, inputs)
-    return await _by(deadline, engine.infer(name, inputs, deadline=deadline))
+        return await compute
+    return await _by(deadline, compute)
 
 
 async def _by(deadline: float, compute: Coroutine[Any, Any, T], late: Callable[[], None] = lambda: None) -> T:

@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from batchery.batching.scheduler import DEFAULT_CLIENT
 from batchery.errors import NotReady, PayloadTooLarge
 
 if TYPE_CHECKING:
     from batchery.engine import Engine
+
+#: Who sent the pipeline request being run (its client and priority): its stage inputs queue as theirs, so one
+#: client's pipeline requests cannot starve another's in a shared stage (set by `PipelineHandle.infer`).
+requester: ContextVar[tuple[str, int]] = ContextVar("batchery_pipeline_requester", default=(DEFAULT_CLIENT, 0))
 
 #: Reloads of a stage that one request's inputs are computed again after, as `Engine.infer` does for a model.
 _SWAPS_OUTLIVED = 3
@@ -64,9 +70,10 @@ async def stage(engine: Engine, name: str, payloads: Sequence[Any], deadline: fl
             f"{batcher.max_queue}; send fewer or smaller inputs per request"
         )
     loop = asyncio.get_running_loop()
+    client, priority = requester.get()
     for _ in range(_SWAPS_OUTLIVED):
         items = [batcher.new_item(payload, loop, deadline) for payload in payloads]
-        batcher.submit(items)
+        batcher.submit(items, client=client, priority=priority)
         try:
             outputs = list(await asyncio.gather(*(item.future for item in items)))
         except BaseException:

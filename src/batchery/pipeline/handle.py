@@ -7,9 +7,10 @@ import dataclasses
 from collections.abc import Awaitable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from batchery.batching.scheduler import DEFAULT_CLIENT
 from batchery.errors import BatcheryError, ConfigError, InvalidInput, NotReady, PredictError
 from batchery.model import decode_all, model_name
-from batchery.pipeline.base import Pipeline
+from batchery.pipeline.base import Pipeline, requester
 from batchery.spec import Served
 
 if TYPE_CHECKING:
@@ -28,13 +29,23 @@ class PipelineHandle:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    async def infer(self, engine: Engine, inputs: Sequence[Any], deadline: float | None) -> list[Any]:
-        """Validate every input first (a bad one fails only its request), then run the pipeline."""
+    async def infer(
+        self,
+        engine: Engine,
+        inputs: Sequence[Any],
+        deadline: float | None,
+        *,
+        client: str = DEFAULT_CLIENT,
+        priority: int = 0,
+    ) -> list[Any]:
+        """Validate every input first (a bad one fails only its request), then run the pipeline; its stage inputs
+        queue as `client`'s at `priority`, as a model's inputs do."""
         if not engine.accepting:
             raise NotReady("the server is not accepting requests (starting up or shutting down)", retry_after=1.0)
         payloads = decode_all(self.pipeline.decode_request, inputs)
         self.in_flight += 1
         self._idle.clear()
+        token = requester.set((client, priority))
         try:
             outputs = await self.pipeline.run(engine, payloads, deadline)
         except BatcheryError:
@@ -42,6 +53,7 @@ class PipelineHandle:
         except Exception as exc:  # a bug in the pipeline's own code: a JSON 500 that names it, never a bare one
             raise PredictError(f"pipeline '{self.name}' failed: {exc!r}") from exc
         finally:
+            requester.reset(token)
             self.in_flight -= 1
             if self.in_flight == 0:
                 self._idle.set()

@@ -70,12 +70,13 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
         else:
             inputs, single = native.decode(await request.body(), max_items=max_items)
         deadline = request_deadline(request.scope, timeout)
+        priority = request_priority(request.scope)
+        client = request.scope.get(CLIENT) or client_address(request.scope)
         if name in pipelines:
-            outputs = await _unless_gone(request, infer_pipeline_until(engine, name, inputs, deadline))
+            compute_pipeline = infer_pipeline_until(engine, name, inputs, deadline, client=client, priority=priority)
+            outputs = await _unless_gone(request, compute_pipeline)
             version = pipelines[name].version  # a config file may set it
         else:
-            priority = request_priority(request.scope)
-            client = request.scope.get(CLIENT) or client_address(request.scope)
             compute = infer_until(engine, engine.handle(name), inputs, deadline, client=client, priority=priority)
             outputs, version = await _unless_gone(request, compute)
         body = native.encode(outputs, single, model=name, version=version)
