@@ -162,3 +162,15 @@ async def test_threads_per_worker_is_the_grant_in_predict_too() -> None:
     async with running_server([Served(Share(), spec)]) as server, httpx.AsyncClient(base_url=server.url) as http:
         output = (await http.post("/v1/models/share/predict", json={"input": "x"})).json()["output"]
     assert output == [1, 1]
+
+
+async def test_v1_models_lists_the_queue_thread_and_cost_settings_in_force(tmp_path: Path) -> None:
+    path = tmp_path / "batchery.toml"
+    path.write_text(
+        '[[models]]\ntarget = "batchery.testing:EchoModel"\nworkers = 1\nthreads_per_worker = 1\n'
+        "max_queue_per_worker = 7\nmax_batch_cost = 100\n"
+    )
+    server_settings, entries = config_file.load(path)
+    async with running_server(entries, **server_settings) as server, httpx.AsyncClient(base_url=server.url) as http:
+        info = (await http.get("/v1/models")).json()["models"][0]
+    assert (info["max_queue_per_worker"], info["threads_per_worker"], info["max_batch_cost"]) == (7, 1, 100)

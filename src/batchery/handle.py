@@ -59,6 +59,11 @@ class ModelInfo:
     previous_versions: list[str] | None = None
     #: NVML readings of the GPUs this model's workers run on (absent without a GPU).
     gpus: list[GpuReading] | None = None
+    #: Inputs each worker's share of the queue holds (the queue holds this times `workers`).
+    max_queue_per_worker: int | None = None
+    #: Each CPU worker's intra-op threads (its core grant), and the batch's cost cap (None: none).
+    threads_per_worker: int | None = None
+    max_batch_cost: int | None = None
 
 
 @dataclass(slots=True)
@@ -452,6 +457,9 @@ class ModelHandle:
             batch_cap=self.batcher.cap.value,
             previous_versions=[source.version for source in self.history],
             gpus=self._gpus(),
+            max_queue_per_worker=self.max_queue_per_worker,
+            threads_per_worker=self.threads_per_worker,
+            max_batch_cost=self.batcher.max_batch_cost,
         )
 
     def _gpus(self) -> list[GpuReading] | None:
