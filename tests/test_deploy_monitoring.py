@@ -54,6 +54,8 @@ def test_dashboard_is_a_grafana_dashboard() -> None:
             used = set(re.findall(r"\$\{?(\w+)\}?", target["expr"])) - {"__rate_interval", "__interval"}
             assert used <= variables, f"{panel['title']} uses undefined variables {used - variables}"
             parse(grafana_to_promql(target["expr"]))
+            # Picking a job (one deployment among several in one Prometheus) must narrow every panel.
+            assert 'job=~"$job"' in target["expr"], f"{panel['title']} ignores the job variable"
 
 
 def test_panels_do_not_overlap() -> None:
