@@ -5,12 +5,18 @@ at `setup`. A child that dies mid-batch fails that batch with 503 (`WorkerCrashe
 fresh child when the model is declared `idempotent`; the child is restarted and `restarts` counted
 (`batchery_worker_restarts_total`). A model that crashes more than `max_restarts` times within `window`
 seconds is not restarted again: its batches get 503 and `ready` turns False, so `/ready` reports it.
+
+With `pin_cpus=True` each child is pinned (`sched_setaffinity`) to CPUs of its own: as many as its lane's core
+share, each lane's after the previous one's, kept across restarts. Pinned children do not migrate between cores
+and keep their caches warm; the OS can no longer balance them, so pin only when the children's share adds up to
+the machine (the default: one worker per core).
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import pickle
 import time
 from collections import deque
@@ -54,9 +60,11 @@ class ProcessModel:
         max_restarts: int = 3,
         window: float = 60.0,
         batch_timeout: float | None = 300.0,
+        pin_cpus: bool = False,
     ) -> None:
         """`batch_timeout`: seconds the child may take for one batch before it is killed and restarted (the batch
-        gets 503 `worker_crashed`); None waits for ever, and a hung child then holds its lane for good."""
+        gets 503 `worker_crashed`); None waits for ever, and a hung child then holds its lane for good.
+        `pin_cpus`: pin each child to CPUs of its own (see the module docstring)."""
         self.model = model
         self.name = model_name(model)
         for setting in _SETTINGS:
@@ -68,6 +76,8 @@ class ProcessModel:
         self.max_restarts = max_restarts
         self.window = window
         self.batch_timeout = batch_timeout
+        self.pin_cpus = pin_cpus
+        self.cpus: tuple[int, ...] = ()  # the CPUs its child is pinned to (empty: not pinned)
         self.restarts = 0
         self.ready = True
         self._crashes: deque[float] = deque()
@@ -84,6 +94,7 @@ class ProcessModel:
             max_restarts=self.max_restarts,
             window=self.window,
             batch_timeout=self.batch_timeout,
+            pin_cpus=self.pin_cpus,
         )
 
     @property
@@ -94,6 +105,8 @@ class ProcessModel:
         """Spawn the child and set the model up in it; raise what its setup raised."""
         self._device = device
         self._cores = cores.granted_cores()  # the lane's share: the child's granted_cores() in setup and predict
+        if self.pin_cpus:
+            self.cpus = cores.claim(self._cores)  # claimed once: a restarted child gets the same CPUs
         self._start()
 
     def decode_request(self, item: Any) -> Any:
@@ -172,7 +185,7 @@ class ProcessModel:
         # The model goes as bytes, unpickled in the child after it learned the served files' module names
         # (file_modules): a model class defined in a served file would otherwise fail before `_serve` runs.
         blob = pickle.dumps(self.model)
-        args = (child, blob, file_modules.registered(), self._device, self._cores)
+        args = (child, blob, file_modules.registered(), self._device, self._cores, self.cpus)
         process = context.Process(target=_serve, args=args, daemon=True)
         process.start()
         child.close()
@@ -189,8 +202,13 @@ class ProcessModel:
         self._process, self._conn = process, parent
 
 
-def _serve(conn: Connection, blob: bytes, files: dict[str, str], device: str, granted: int) -> None:
-    """The child: load and set the model up, then answer batches until the pipe closes."""
+def _serve(
+    conn: Connection, blob: bytes, files: dict[str, str], device: str, granted: int, cpus: tuple[int, ...]
+) -> None:
+    """The child: pin itself (before anything reads the affinity to size its threads), load and set the model
+    up, then answer batches until the pipe closes."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     with cores.granted(granted):
         _answer(conn, blob, files, device)
 
