@@ -174,3 +174,11 @@ async def test_v1_models_lists_the_queue_thread_and_cost_settings_in_force(tmp_p
     async with running_server(entries, **server_settings) as server, httpx.AsyncClient(base_url=server.url) as http:
         info = (await http.get("/v1/models")).json()["models"][0]
     assert (info["max_queue_per_worker"], info["threads_per_worker"], info["max_batch_cost"]) == (7, 1, 100)
+
+
+def test_a_variable_two_models_would_both_read_is_refused() -> None:
+    from batchery.spec import check_model_env
+
+    check_model_env(["a-b", "a_b"], {"BATCHERY_WORKERS": "2"})  # nothing ambiguous set: fine
+    with pytest.raises(ConfigError, match=r"'a-b' and 'a_b' alike"):
+        check_model_env(["a-b", "a_b", "c"], {"BATCHERY_MODEL_A_B_WORKERS": "1"})

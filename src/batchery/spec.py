@@ -172,6 +172,12 @@ def check_model_env(names: Iterable[str], env: Mapping[str, str] | None = None) 
         if not owners:
             continue
         owner = max(owners, key=lambda name: len(prefixes[name]))
+        sharing = sorted(name for name in owners if prefixes[name] == prefixes[owner])
+        if len(sharing) > 1:  # `a-b`, `a_b` and `a.b` all read BATCHERY_MODEL_A_B_*: whose is it?
+            raise ConfigError(
+                f"{key} is read by models {' and '.join(repr(name) for name in sharing)} alike (their names differ "
+                f"only in '-', '_' or '.'); rename one of them to configure them apart"
+            )
         rest = key[len(prefixes[owner]) :].lower()
         if rest not in OVERRIDABLE:
             raise ConfigError(
