@@ -182,3 +182,14 @@ def test_a_variable_two_models_would_both_read_is_refused() -> None:
     check_model_env(["a-b", "a_b"], {"BATCHERY_WORKERS": "2"})  # nothing ambiguous set: fine
     with pytest.raises(ConfigError, match=r"'a-b' and 'a_b' alike"):
         check_model_env(["a-b", "a_b", "c"], {"BATCHERY_MODEL_A_B_WORKERS": "1"})
+
+
+def test_a_file_target_under_the_home_folder_is_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "m.py").write_text("from batchery.testing import EchoModel as Mine\n")
+    config = tmp_path / "elsewhere" / "batchery.toml"
+    config.parent.mkdir()
+    config.write_text('[[models]]\ntarget = "~/models/m.py:Mine"\n')
+    _, entries = config_file.load(config)
+    assert type(entries[0].model).__name__ == "EchoModel"

@@ -75,5 +75,5 @@ def _model(path: Path, index: int, entry: Any) -> Served:
     target = settings.pop("target")
     module_part = target.rpartition(":")[0]
     if target not in BUILTIN and (module_part.endswith(".py") or "/" in module_part):
-        target = str((path.parent / module_part).resolve()) + ":" + target.rpartition(":")[2]
+        target = str((path.parent / Path(module_part).expanduser()).resolve()) + ":" + target.rpartition(":")[2]
     return served(target, ModelSpec.from_mapping(settings, where))

@@ -30,7 +30,7 @@ def served(target: str, spec: ModelSpec | None = None, *, fresh: bool = False) -
 
     `fresh`: import its module again even if it was imported before (a reload to a changed file)."""
     module_part = BUILTIN.get(target, target).rpartition(":")[0]
-    files = (str(Path(module_part).resolve()),) if module_part.endswith(".py") else ()
+    files = (str(Path(module_part).expanduser().resolve()),) if module_part.endswith(".py") else ()
     return Served(load_model(target, fresh=fresh), spec or ModelSpec(), lambda: load_model(target, fresh=True), files)
 
 
@@ -60,7 +60,7 @@ def load_model(target: str, *, fresh: bool = False) -> Any:
 
 def _import(module_part: str, fresh: bool = False) -> Any:
     if module_part.endswith(".py") or "/" in module_part:
-        path = Path(module_part).resolve()
+        path = Path(module_part).expanduser().resolve()  # `~/models/m.py` as a shell would read it
         if not path.is_file():
             raise ConfigError(f"no such file: {path}")
         if not fresh and path in _executed:
