@@ -50,29 +50,47 @@ def test_core_slots_let_one_call_per_core_run_at_a_time() -> None:
     assert most == limit
 
 
-def test_claims_take_the_cpus_in_turn() -> None:
+def test_pinned_cpus_are_taken_by_position_and_wrap_around() -> None:
     cpus = sorted(os.sched_getaffinity(0))
-    first, second = cores.claim(1), cores.claim(1)
-    assert first != second or len(cpus) == 1
-    assert set(first) | set(second) <= set(cpus)
-    assert len(cores.claim(10_000)) == len(cpus)  # never more than there are
+    assert cores.cpus_at(0, 1) == (cpus[0],)
+    assert cores.cpus_at(len(cpus), 1) == (cpus[0],)  # past the last CPU: the first again
+    assert len(cores.cpus_at(0, 10_000)) == len(cpus)  # never more than there are
+
+
+class Other(EchoModel):
+    name = "other"
 
 
 async def test_pinned_process_workers_each_run_on_cpus_of_their_own() -> None:
     if cores.available() < 2:
-        pytest.skip("needs two cores to pin two workers apart")
-    model = ProcessModel(EchoModel(), pin_cpus=True)
-    async with running_server([model]) as server:
-        children = [lane.model for lane in server.engine.handle("echo").lanes]
-        pinned = [os.sched_getaffinity(child.pid) for child in children]
+        pytest.skip("needs two cores to pin workers apart")
+    models = [ProcessModel(EchoModel(), pin_cpus=True), ProcessModel(Other(), pin_cpus=True)]
+    for model in models:  # one worker of one core each: echo's on the first CPU, other's on the second
+        model.workers = model.threads_per_worker = 1
+    async with running_server(models, admin_api_key="admin") as server:
+
+        def pinned() -> list[set[int]]:
+            return [
+                os.sched_getaffinity(lane.model.pid)
+                for name in ("echo", "other")
+                for lane in server.engine.handle(name).lanes
+            ]
+
+        at_start = pinned()
         # A crash and restart keeps the child's CPUs (the lane is idle: its next batch restarts the child).
-        os.kill(children[0].pid, signal.SIGKILL)
-        children[0]._process.join(5)
-        assert await asyncio.to_thread(children[0].predict, ["x"]) == ["x"]
-        restarted = os.sched_getaffinity(children[0].pid)
+        child = server.engine.handle("echo").lanes[0].model
+        os.kill(child.pid, signal.SIGKILL)
+        child._process.join(5)
+        assert await asyncio.to_thread(child.predict, ["x"]) == ["x"]
+        after_restart = pinned()
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            for _ in range(3):  # and so do hot reloads: the new version's workers take their place
+                for name in ("echo", "other"):
+                    reload = await http.post(f"/admin/models/{name}/reload", headers={"X-API-Key": "admin"})
+                    assert reload.status_code == 200, reload.text
             assert (await http.post("/v1/models/echo/predict", json={"input": "x"})).status_code == 200
-    assert len(pinned) == 2
-    assert all(len(cpus) == 1 for cpus in pinned)
-    assert pinned[0] != pinned[1]
-    assert restarted == pinned[0]
+        after_reloads = pinned()
+    first, second = sorted(os.sched_getaffinity(0))[:2]
+    assert at_start == [{first}, {second}]
+    assert after_restart == at_start
+    assert after_reloads == at_start

@@ -39,23 +39,15 @@ def granted(cores: int) -> Iterator[None]:
         _local.cores = previous
 
 
-_claims = threading.Lock()
-_next_claim = 0
-
-
-def claim(count: int) -> tuple[int, ...]:
-    """`count` CPUs of this process's affinity set for a process worker to pin itself to: each claim takes the
-    CPUs after the previous claim's (wrapping around), so children pinned one after another spread over the
-    cores. Outside Linux (no affinity), an empty tuple: nothing to pin to."""
-    global _next_claim
+def cpus_at(first: int, count: int) -> tuple[int, ...]:
+    """`count` CPUs of this process's affinity set, from its `first`-th on (wrapping around): the CPUs a pinned
+    worker takes, by its position among the pinned workers. Outside Linux (no affinity), an empty tuple."""
     try:
         cpus = sorted(os.sched_getaffinity(0))
     except AttributeError:
         return ()
     count = max(1, min(count, len(cpus)))
-    with _claims:
-        start, _next_claim = _next_claim, _next_claim + count
-    return tuple(cpus[(start + offset) % len(cpus)] for offset in range(count))
+    return tuple(cpus[(first + offset) % len(cpus)] for offset in range(count))
 
 
 _slots = threading.BoundedSemaphore(available())

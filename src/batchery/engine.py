@@ -69,6 +69,11 @@ class Engine:
                 raise ConfigError(f"two models are named '{handle.name}'; give one a different `name`")
             self.handles[handle.name] = handle
         check_model_env(self.handles)
+        pinned = 0  # pinned process workers take the CPUs model after model, worker after worker
+        for handle in self.handles.values():
+            handle.first_pinned_cpu = pinned
+            if getattr(handle.prototype, "pin_cpus", False):
+                pinned += handle.workers * handle.threads_per_worker
         self.ready = False
         self.accepting = False
         self._loop: asyncio.AbstractEventLoop | None = None

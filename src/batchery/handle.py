@@ -163,6 +163,9 @@ class ModelHandle:
         self.load_seconds: float | None = None
         self.reloads = 0
         self.reload_failures = 0
+        #: Where this model's pinned process workers start among the CPUs (the engine places models one after
+        #: another; see `workers.process`).
+        self.first_pinned_cpu = 0
         #: Worker-process restarts of the versions this model served before the current one (a counter of the
         #: model's whole life: the current version's lanes count their own).
         self.retired_restarts = 0
@@ -344,16 +347,21 @@ class ModelHandle:
             return label
 
     async def _build(self, loop: asyncio.AbstractEventLoop, prototype: Any, version: str) -> list[Lane]:
+        copies = [copy.deepcopy(prototype) for _ in range(self.workers)]
+        for index, model in enumerate(copies):
+            if isinstance(model, ProcessModel) and model.pin_cpus:  # by position: the same after a reload
+                share = self.threads_per_worker
+                model.cpus = cores.cpus_at(self.first_pinned_cpu + index * share, share)
         lanes = [
             Lane(
-                copy.deepcopy(prototype),
+                model,
                 name=f"batchery-{self.name}-{index}",
                 loop=loop,
                 on_result=self.batcher.on_result,
                 version=version,
                 model_name=self.name,
             )
-            for index in range(self.workers)
+            for index, model in enumerate(copies)
         ]
         setting_up = asyncio.gather(
             *(

@@ -6,10 +6,11 @@ fresh child when the model is declared `idempotent`; the child is restarted and 
 (`batchery_worker_restarts_total`). A model that crashes more than `max_restarts` times within `window`
 seconds is not restarted again: its batches get 503 and `ready` turns False, so `/ready` reports it.
 
-With `pin_cpus=True` each child is pinned (`sched_setaffinity`) to CPUs of its own: as many as its lane's core
-share, each lane's after the previous one's, kept across restarts. Pinned children do not migrate between cores
-and keep their caches warm; the OS can no longer balance them, so pin only when the children's share adds up to
-the machine (the default: one worker per core).
+With `pin_cpus=True` each child is pinned (`sched_setaffinity`) to CPUs of its own: as many as its worker's core
+share, by the worker's position (the engine sets `cpus` before `setup`: the pinned models' workers in order,
+each after the previous one's), the same across restarts and hot reloads. Pinned children do not migrate between
+cores and keep their caches warm; the OS can no longer balance them, so pin only when the children's shares add
+up to the machine (the default: one worker per core).
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ class ProcessModel:
         self.window = window
         self.batch_timeout = batch_timeout
         self.pin_cpus = pin_cpus
-        self.cpus: tuple[int, ...] = ()  # the CPUs its child is pinned to (empty: not pinned)
+        #: The CPUs its child is pinned to (empty: not pinned); set by the engine, by the worker's position.
+        self.cpus: tuple[int, ...] = ()
         self.restarts = 0
         self.ready = True
         self._crashes: deque[float] = deque()
@@ -105,8 +107,6 @@ class ProcessModel:
         """Spawn the child and set the model up in it; raise what its setup raised."""
         self._device = device
         self._cores = cores.granted_cores()  # the lane's share: the child's granted_cores() in setup and predict
-        if self.pin_cpus:
-            self.cpus = cores.claim(self._cores)  # claimed once: a restarted child gets the same CPUs
         self._start()
 
     def decode_request(self, item: Any) -> Any:
