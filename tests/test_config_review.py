@@ -193,3 +193,17 @@ def test_a_file_target_under_the_home_folder_is_found(tmp_path: Path, monkeypatc
     config.write_text('[[models]]\ntarget = "~/models/m.py:Mine"\n')
     _, entries = config_file.load(config)
     assert type(entries[0].model).__name__ == "EchoModel"
+
+
+@pytest.mark.parametrize("name", ["x/y", " ", "a\nb"])
+def test_a_class_or_pipeline_name_that_no_route_can_reach_is_refused(name: str) -> None:
+    from batchery.engine import Engine
+    from batchery.pipeline import Sequential
+    from batchery.testing import EchoModel
+
+    model = EchoModel()
+    model.name = name
+    with pytest.raises(ConfigError, match="cannot be a model's name"):
+        Engine([model])
+    with pytest.raises(ConfigError, match="cannot be a model's name"):
+        Engine([Sequential(name, [EchoModel()])])

@@ -12,9 +12,11 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 from PIL import Image, ImageOps
 
 from batchery import Engine, Model, images
+from batchery.errors import PayloadTooLarge
 from batchery.pipeline import Pipeline, Sequential, fan_out
 from batchery.testing import running_server
 
@@ -241,6 +243,14 @@ async def test_base64_broken_into_lines_is_accepted() -> None:
         assert response.json()["outputs"] == [[10, 30], [10, 30]]
         bad = await http.post("/v1/models/shape/predict", json={"input": "not base64 at all!"})
         assert bad.status_code == 422
+
+
+def test_base64_broken_into_lines_is_held_to_the_limit_of_its_data_not_its_text() -> None:
+    limits = images.ImageLimits(max_bytes=10_000)
+    data = bytes(range(256)) * 38 + bytes(180)  # 9,908 bytes: under the limit
+    assert images.from_json(base64.encodebytes(data).decode(), limits) == data  # was 413: the newlines counted
+    with pytest.raises(PayloadTooLarge):
+        images.from_json(base64.encodebytes(data + bytes(100)).decode(), limits)
 
 
 async def test_an_upload_to_a_model_queues_as_its_client_for_fair_sharing() -> None:

@@ -29,7 +29,7 @@ from batchery.errors import ConfigError, Conflict, ModelLoadError, describe
 from batchery.gpu import NVML, GpuReading, device_index
 from batchery.model import model_name
 from batchery.observer import Observer
-from batchery.spec import ModelSpec, check_thread_budget, from_env, resolve_devices
+from batchery.spec import ModelSpec, check_name, check_thread_budget, from_env, resolve_devices
 from batchery.workers.process import ProcessModel
 
 log = logging.getLogger("batchery.engine")
@@ -193,6 +193,7 @@ class ModelHandle:
 
     def _validate(self) -> None:
         where = f"model '{self.name}'"
+        check_name(self.name)  # also a class's `name`, which no spec checked
         if not callable(getattr(self.prototype, "predict", None)):
             raise ConfigError(f"{where} has no predict(batch) method. Hint: subclass batchery.Model")
         for key in ("workers", "max_batch_size", "threads_per_worker", "max_queue_per_worker"):

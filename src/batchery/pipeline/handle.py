@@ -11,7 +11,7 @@ from batchery.batching.scheduler import DEFAULT_CLIENT
 from batchery.errors import BatcheryError, ConfigError, InvalidInput, NotReady, PredictError
 from batchery.model import decode_all, model_name
 from batchery.pipeline.base import Pipeline, requester
-from batchery.spec import Served
+from batchery.spec import Served, check_name
 
 if TYPE_CHECKING:
     from batchery.engine import Engine, ModelInfo
@@ -106,6 +106,7 @@ def split_pipelines(entries: Sequence[Any]) -> tuple[list[Any], dict[str, Pipeli
                 handle.name = entry.spec.name
             if entry.spec.version:
                 handle.version = entry.spec.version
+        check_name(handle.name)
         if handle.name in pipelines:
             raise ConfigError(f"two pipelines are named '{handle.name}'; give one a different `name`")
         pipelines[handle.name] = handle
