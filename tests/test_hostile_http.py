@@ -133,6 +133,24 @@ async def test_a_body_shorter_than_its_content_length_gets_408(server: Any) -> N
     await still_serving(server)
 
 
+async def test_a_pipelined_request_after_a_large_body_is_not_taken_for_a_large_head(server: Any) -> None:
+    # The second request's head begins in the read that ends the first's 20 KB body: that read is not a head.
+    keep = post(b'{"input": "%s"}' % (b"x" * 20_000)).replace(b"Connection: close", b"Connection: keep-alive")
+    second = post(b'{"input": "second"}')
+    reader, writer = await asyncio.open_connection(*_address(server))
+    try:
+        writer.write(keep + second[:10])
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.write(second[10:])
+        await writer.drain()
+        raw = await asyncio.wait_for(_read_all(reader), PATIENCE)
+    finally:
+        writer.close()
+    assert raw.count(b"HTTP/1.1 200") == 2, raw[:300]
+    assert b"second" in raw
+
+
 def _to(path: bytes, request: bytes) -> bytes:
     return request.replace(PREDICT, path, 1)
 

@@ -61,6 +61,7 @@ class LimitedHttpTools(HttpToolsProtocol):
         self._head_bytes = 0  # bytes received while the head is read: bounds what the parser buffers
         self._head_parsed = 0  # the head's size as parsed: bounds a whole head that arrives in one read
         self._head_too_large = False
+        self._began_in_read = False  # a message began in the read being parsed
         self._read_timer: asyncio.TimerHandle | None = None
 
     @classmethod
@@ -83,15 +84,20 @@ class LimitedHttpTools(HttpToolsProtocol):
                 hang_up()  # the request is cancelled now, not computed for a client that is gone
 
     def data_received(self, data: bytes) -> None:
+        self._began_in_read = False
         super().data_received(data)
         if self._reading_head and not self.transport.is_closing():
-            self._head_bytes += len(data)
+            # A head that began inside this read shares it with what came before (a previous request's body,
+            # pipelined): count it from the next read on; meanwhile its parsed size bounds it (`_count_head`).
+            if not self._began_in_read:
+                self._head_bytes += len(data)
             if self._head_bytes > self.max_header_bytes:
                 self._refuse_large_head()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._reading_head = True
+        self._began_in_read = True
         self._head_bytes = self._head_parsed = 0
         self._arm(self.header_timeout)
 

@@ -8,7 +8,9 @@ dispatcher (e.g. by another ASGI server), the app answers predict through its re
 
 An inference request whose client hangs up before its answer has started is cancelled there and then (the HTTP
 protocol calls the request's `ON_HANGUP`): its inputs still queued are not computed for nobody, an identical
-request that shared its computation computes on by itself, and access logs and metrics record 499.
+request that shared its computation computes on by itself, and access logs and metrics record 499. (With HTTP
+pipelining, requests read behind the one being answered wait their turn in uvicorn, and only the last one read
+is cancelled this way.)
 """
 
 from __future__ import annotations
