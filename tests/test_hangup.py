@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -42,12 +43,24 @@ def _request(path: str, body: bytes) -> bytes:
     return head.encode() + body
 
 
-async def _send_and_hang_up(url: str, request: bytes, after: float) -> None:
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Wait (polling the server's own state, at most 10 s) until `condition` holds."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting until {what}")
+
+
+async def _connect_and_send(url: str, request: bytes) -> asyncio.StreamWriter:
     host, port = url.removeprefix("http://").split(":")
     _, writer = await asyncio.open_connection(host, int(port))
     writer.write(request)
     await writer.drain()
-    await asyncio.sleep(after)
+    return writer
+
+
+async def _hang_up(writer: asyncio.StreamWriter) -> None:
     writer.close()
     await writer.wait_closed()
 
@@ -66,17 +79,20 @@ async def _send_and_hang_up(url: str, request: bytes, after: float) -> None:
 async def test_a_request_whose_client_hung_up_while_queued_is_not_computed_and_counts_as_499(
     path: str, body: bytes
 ) -> None:
-    model = Recorder()
     async with (
-        running_server([model]) as server,
+        running_server([Recorder()]) as server,
         httpx.AsyncClient(base_url=server.url, timeout=30) as http,
     ):
+        batcher = server.engine.handle("recorder").batcher
         COMPUTED.clear()  # warm-up
+        dispatched = batcher.stats.batches
         first = asyncio.create_task(http.post("/v1/models/recorder/predict", json={"input": "kept"}))
-        await asyncio.sleep(0.1)  # "kept" is computing; "gone" will wait behind it
-        await _send_and_hang_up(server.url, _request(path, body), after=0.1)
+        await until(lambda: batcher.stats.batches > dispatched, '"kept" is computing')
+        gone = await _connect_and_send(server.url, _request(path, body))
+        await until(lambda: batcher.queued == 1, '"gone" waits behind it')
+        await _hang_up(gone)
         assert (await first).status_code == 200
-        await asyncio.sleep(0.6)  # long enough for "gone" to have been computed, had it stayed queued
+        await until(lambda: batcher.in_flight == 0, "nothing is queued or computing")
         text = (await http.get("/metrics")).text
         after = await http.post("/v1/models/recorder/predict", json={"input": "after"})
     assert after.status_code == 200  # the lane and the queue are fine
@@ -92,17 +108,18 @@ async def test_a_hang_up_while_computing_counts_as_499_and_spares_the_batch_mate
         running_server([model]) as server,
         httpx.AsyncClient(base_url=server.url, timeout=30) as http,
     ):
+        batcher = server.engine.handle("recorder").batcher
+        dispatched = batcher.stats.batches
         blocker = asyncio.create_task(http.post("/v1/models/recorder/predict", json={"input": "first"}))
-        await asyncio.sleep(0.1)
+        await until(lambda: batcher.stats.batches > dispatched, '"first" is computing')
         mate = asyncio.create_task(http.post("/v1/models/recorder/predict", json={"input": "mate"}))
-        gone = asyncio.create_task(
-            _send_and_hang_up(server.url, _request("/v1/models/recorder/predict", b'{"input": "gone"}'), after=0.6)
-        )
-        # "mate" and "gone" share the second batch, and "gone" hangs up while it computes.
+        gone = await _connect_and_send(server.url, _request("/v1/models/recorder/predict", b'{"input": "gone"}'))
+        await until(lambda: batcher.queued == 2, '"mate" and "gone" wait behind it')
         assert (await blocker).status_code == 200
+        await until(lambda: batcher.queued == 0, '"mate" and "gone" share the next batch')
+        await _hang_up(gone)  # while that batch computes
         answered = await mate
-        await gone
-        await asyncio.sleep(0.3)
+        await until(lambda: batcher.in_flight == 0, "nothing is queued or computing")
         text = (await http.get("/metrics")).text
     assert answered.status_code == 200
     assert answered.json()["output"] == "mate"
