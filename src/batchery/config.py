@@ -43,6 +43,9 @@ class Settings:
     max_header_bytes: int = _setting(64 * 1024, "largest request line plus headers (431 above)")
     header_timeout_seconds: float = _setting(10.0, "a request head must arrive within this of its first byte (408)")
     body_timeout_seconds: float = _setting(60.0, "a request body must arrive within this of its head (408)")
+    send_timeout_seconds: float = _setting(
+        60.0, "a client that reads none of its response for this long is disconnected and the response dropped"
+    )
     keep_alive_seconds: int = _setting(5, "an idle keep-alive connection is closed after this")
     max_connections: int = _setting(10_000, "connections (or requests) above this get 503 at once (0: no limit)")
     cors_origins: str = _setting("", "comma-separated origins allowed by CORS, or * (empty: CORS off)")
@@ -80,7 +83,13 @@ class Settings:
         for name in ("drain_seconds", "load_timeout_seconds"):
             if not 0 <= getattr(self, name) < math.inf:  # also refuses NaN
                 raise ConfigError(f"{name} must be a finite number >= 0, not {getattr(self, name)}")
-        for name in ("max_header_bytes", "header_timeout_seconds", "body_timeout_seconds", "keep_alive_seconds"):
+        for name in (
+            "max_header_bytes",
+            "header_timeout_seconds",
+            "body_timeout_seconds",
+            "send_timeout_seconds",
+            "keep_alive_seconds",
+        ):
             if not getattr(self, name) > 0:  # `not >` also refuses NaN
                 raise ConfigError(f"{name} must be > 0")
         if self.max_connections < 0:

@@ -4,6 +4,10 @@
 - A head not complete within `header_timeout` of its first byte, or of the connection opening (a client that
   connects and says nothing, or trickles a header a byte at a time: slowloris), gets 408 and is closed.
 - A body not complete within `body_timeout` of its head (slow, or shorter than its Content-Length) gets 408.
+- A client that reads nothing of what is written to it for `send_timeout` (the socket stays full, and what waits to be
+  sent does not shrink) is disconnected and the response dropped: otherwise its response would sit in the server's
+  memory for as long as it keeps the connection open (closing a transport waits for its buffer to drain, so the
+  keep-alive timeout does not end it).
 Every refusal, and uvicorn's 400 for bytes that are not HTTP, is a small JSON error body in the shape of the
 protocol the request's path belongs to (KServe V2's under /v2, OpenAI's on /v1/embeddings, batchery's elsewhere),
 like the app's own.
@@ -54,6 +58,7 @@ class LimitedHttpTools(HttpToolsProtocol):
     max_header_bytes = 64 * 1024
     header_timeout = 10.0
     body_timeout = 60.0
+    send_timeout = 60.0
 
     def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any], _loop: Any = None) -> None:
         super().__init__(config, server_state, app_state, _loop)
@@ -63,11 +68,20 @@ class LimitedHttpTools(HttpToolsProtocol):
         self._head_too_large = False
         self._began_in_read = False  # a message began in the read being parsed
         self._read_timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
+        self._unsent = 0  # bytes waiting to be sent when the send timer was armed
 
     @classmethod
-    def configured(cls, *, max_header_bytes: int, header_timeout: float, body_timeout: float) -> type[LimitedHttpTools]:
+    def configured(
+        cls, *, max_header_bytes: int, header_timeout: float, body_timeout: float, send_timeout: float = 60.0
+    ) -> type[LimitedHttpTools]:
         """A subclass carrying these limits (uvicorn builds one protocol instance per connection from a class)."""
-        limits = {"max_header_bytes": max_header_bytes, "header_timeout": header_timeout, "body_timeout": body_timeout}
+        limits = {
+            "max_header_bytes": max_header_bytes,
+            "header_timeout": header_timeout,
+            "body_timeout": body_timeout,
+            "send_timeout": send_timeout,
+        }
         return type("LimitedHttpTools", (cls,), limits)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -76,6 +90,7 @@ class LimitedHttpTools(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._stop_send_timer()
         cycle = self.cycle
         super().connection_lost(exc)
         if cycle is not None and not cycle.response_started:
@@ -140,6 +155,33 @@ class LimitedHttpTools(HttpToolsProtocol):
             "headers_too_large",
             f"the request line and headers are over the limit of {self.max_header_bytes} bytes",
         )
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_timer is None:  # the socket is full: the client has this long to read some of it
+            self._arm_send()
+
+    def _arm_send(self) -> None:
+        self._unsent = self.transport.get_write_buffer_size()
+        self._send_timer = self.loop.call_later(self.send_timeout, self._send_timed_out)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._stop_send_timer()
+
+    def _stop_send_timer(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _send_timed_out(self) -> None:
+        self._send_timer = None
+        if self.transport.get_write_buffer_size() < self._unsent:  # a slow reader, but a reader: more time
+            self._arm_send()
+            return
+        # abort(), not close(): close() waits for the buffer to drain, which a client that does not read never lets
+        # happen. The request is recorded as a hang-up if its response had not started (connection_lost).
+        self.transport.abort()
 
     def _arm(self, seconds: float) -> None:
         self._disarm()

@@ -200,6 +200,7 @@ def _http_protocol(settings: Settings) -> Any:
         max_header_bytes=settings.max_header_bytes,
         header_timeout=settings.header_timeout_seconds,
         body_timeout=settings.body_timeout_seconds,
+        send_timeout=settings.send_timeout_seconds,
     )
 
 

@@ -43,14 +43,14 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
     if not settings.dashboard:
         return router
     page = resources.files("batchery.app").joinpath("static/dashboard.html").read_bytes()
-    admin = _admin_check(settings)
+    may_read = _admin_check(settings)
 
     async def dashboard() -> Response:
         # The page holds no data, so it needs no key; `no-store` keeps an old page from outliving an upgrade.
         return Response(page, media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-store"})
 
     async def data(request: Request) -> Response:
-        if admin is not None and not admin(request):
+        if not may_read(request):
             if not settings.admin_api_key.strip():
                 why = "no admin key is configured: set BATCHERY_ADMIN_API_KEY, then send it as 'X-API-Key: <key>'"
             else:
@@ -69,15 +69,20 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
 
 
 def _admin_check(settings: Settings) -> Any:
-    """None when no key is configured (open), else a function telling whether a request carries the admin key."""
-    from batchery.app.auth import ApiKeys
+    """A function telling whether a request may read the data: any with API keys off, else one with the admin key.
 
-    keys = ApiKeys.from_settings(settings)
-    if not (keys.users or keys.admin):
-        return None
+    Whether keys are on is asked per request, of the app's key ring: a rotation of `api_keys_file` can turn them on
+    after start-up, and then a user key must not read the data (it could, when this was decided at start-up).
+    """
+    from batchery.app.auth import ApiKeys, KeyRing
+
     admin_only = ApiKeys([], settings.admin_api_key.strip())
 
-    def is_admin(request: Request) -> bool:
+    def may_read(request: Request) -> bool:
+        ring: KeyRing = request.app.state.keys  # set by app/production.py, shared with the Auth middleware
+        keys = ring.current()
+        if not (keys.users or keys.admin):
+            return True
         presented = request.headers.get("x-api-key", "")
         scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
         if not presented and scheme.lower() == "bearer":
@@ -85,7 +90,7 @@ def _admin_check(settings: Settings) -> Any:
         found = admin_only.check(presented.strip().encode()) if admin_only.admin and presented else None
         return found is not None and found[0] == "admin"
 
-    return is_admin
+    return may_read
 
 
 def snapshot(engine: Engine, metrics: Any) -> dict[str, Any]:

@@ -59,8 +59,10 @@ def install(app: FastAPI, engine: Engine, settings: Settings, metrics: Metrics |
         )
     # /dashboard is a static page; its data route checks the admin key itself (app/dashboard.py).
     open_paths = PROBES | {"/dashboard"} | ({"/metrics"} if settings.metrics == "open" else set())
-    # Always installed, even with no keys: it refuses /admin routes unless an admin key is configured.
-    app.add_middleware(Auth, keys=KeyRing.from_settings(settings), open_paths=open_paths, metrics=metrics)
+    # Always installed, even with no keys: it refuses /admin routes unless an admin key is configured. The ring is
+    # the app's, so that routes checking keys themselves (/dashboard/data) follow a rotation of api_keys_file too.
+    app.state.keys = KeyRing.from_settings(settings)
+    app.add_middleware(Auth, keys=app.state.keys, open_paths=open_paths, metrics=metrics)
     if metrics is not None or settings.access_log != "off":
         app.add_middleware(Telemetry, metrics=metrics, log=settings.access_log, models=ServedNames(engine))
     if settings.cors_origins:  # off unless configured: browsers on other origins may not call this server
