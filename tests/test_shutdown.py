@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import orjson
 import pytest
 
 from batchery._http_client import Connection
+from serve_process import serve_process
 
 HERE = Path(__file__).resolve().parent
 WORKERS = 16
@@ -30,29 +29,7 @@ async def start_server(
         "BATCHERY_DRAIN_SECONDS": str(drain_seconds),
         "BATCHERY_TEST_BATCH_SECONDS": str(batch_seconds),
     }
-    process = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).parent / "batchery"), "serve", f"{HERE / 'shutdown_model.py'}:Recorder",
-        "--port", "0", "--log-level", "info",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env,
-    )  # fmt: skip
-    assert process.stderr is not None
-    lines: list[str] = []
-    while True:
-        line = (await asyncio.wait_for(process.stderr.readline(), 120)).decode()
-        if not line:
-            raise AssertionError("the server exited before it was ready:\n" + "".join(lines))
-        lines.append(line)
-        ready = re.search(r"is ready on (http://\S+)", line)
-        if ready:
-            break
-
-    async def drain_stderr() -> list[str]:  # keep reading so the pipe never fills and blocks the server
-        assert process.stderr is not None
-        while line := await process.stderr.readline():
-            lines.append(line.decode())
-        return lines
-
-    return process, ready.group(1), asyncio.create_task(drain_stderr())
+    return await serve_process(f"{HERE / 'shutdown_model.py'}:Recorder", "--log-level", "info", env=env)
 
 
 @pytest.mark.slow

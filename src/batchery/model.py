@@ -58,6 +58,10 @@ class Model:
         """Turn one output of `predict` into something JSON can carry (numpy arrays are fine)."""
         return output
 
+    def close(self) -> None:
+        """Release what `setup` took (memory, a GPU, a child process); called on the worker's thread after its
+        last batch, when a hot reload retires this version or the server stops."""
+
 
 def decode_all(decode: Callable[[Any], Any], inputs: Iterable[Any]) -> list[Any]:
     """Decode every input before any joins a batch, so a bad one fails only its own request (422, naming it)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import queue
 import threading
 import time
@@ -20,6 +21,8 @@ from batchery.batching.oom import ItemError
 from batchery.batching.records import Batch, BatchResult
 from batchery.cores import granted
 from batchery.errors import PredictError
+
+log = logging.getLogger("batchery.lane")
 
 _STOP = object()
 
@@ -69,6 +72,7 @@ class Lane:
         while True:
             job = self._inbox.get()
             if job is _STOP:
+                self._close_model()
                 return
             if isinstance(job, Batch):
                 result = self._compute(job)
@@ -81,6 +85,18 @@ class Lane:
                 done.set_result(fn())
             except BaseException as exc:
                 done.set_exception(exc)
+
+    def _close_model(self) -> None:
+        """The model's optional `close()`, on this thread, after its last batch: a retired version (hot reload)
+        or a stopping server releases what it holds (a worker process, GPU memory) now, not whenever the garbage
+        collector gets to it."""
+        close = getattr(self.model, "close", None)
+        if not callable(close):
+            return
+        try:
+            close()
+        except Exception:  # a model failing to let go must not take the lane's thread with it
+            log.exception("model '%s': close() failed", self.model_name)
 
     def _compute(self, batch: Batch) -> BatchResult:
         model = self.model

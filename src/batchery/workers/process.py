@@ -127,11 +127,20 @@ class ProcessModel:
             return self._call(batch)
 
     def close(self) -> None:
+        """End the child (the lane's last batch is done: a hot reload retired it, or the server stops)."""
+        if self._process is not None:
+            self._process.kill()
+        self._release()
+
+    def _release(self) -> None:
+        """Let go of the child, which has ended or was killed: its pipe and its process handle (each holds a file
+        descriptor until closed; the garbage collector would close them only some time later)."""
         if self._conn is not None:
             self._conn.close()
         if self._process is not None:
-            self._process.kill()
             self._process.join(5)
+            if self._process.exitcode is not None:  # close() refuses a process still running
+                self._process.close()
         self._process = self._conn = None
 
     def _call(self, batch: list[Any]) -> list[Any]:
@@ -163,6 +172,7 @@ class ProcessModel:
         if self._process is not None:
             self._process.join(5)
             code = self._process.exitcode
+        self._release()
         now = time.monotonic()
         self._crashes.append(now)
         while self._crashes and self._crashes[0] < now - self.window:
@@ -193,13 +203,22 @@ class ProcessModel:
             kind, value = parent.recv()
         except EOFError:
             process.join(5)
+            code = process.exitcode
+            _release(parent, process)
             raise RuntimeError(
-                f"model '{self.name}': its worker process exited during set-up (exit code {process.exitcode})"
+                f"model '{self.name}': its worker process exited during set-up (exit code {code})"
             ) from None
         if kind == "error":
             process.join(5)
+            _release(parent, process)
             raise RuntimeError(f"model '{self.name}' failed to set up in its worker process: {value}")
         self._process, self._conn = process, parent
+
+
+def _release(conn: Connection, process: Any) -> None:
+    conn.close()
+    if process.exitcode is not None:
+        process.close()
 
 
 def _serve(
