@@ -18,7 +18,7 @@ from batchery.engine import Engine
 from batchery.errors import Conflict, ModelLoadError
 from batchery.model import Model
 from batchery.reloading import FileWatch, reload_all
-from batchery.testing import running_server
+from batchery.testing import EchoModel, running_server
 
 ADMIN = "admin-secret"
 
@@ -345,3 +345,25 @@ def test_outputs_without_an_order_or_rows_are_refused() -> None:
     with pytest.raises(PredictError, match="returned a set for a batch of 2 inputs"):
         checked_predict(Sets(), [1, 2], "sets")
     assert checked_predict(Arrays(), [1.0, 2.0], "arrays")[1].tolist() == [2.0, 2.0, 2.0]
+
+
+class Closing(EchoModel):
+    """Counts the copies closed after their last batch."""
+
+    closed = 0
+
+    def close(self) -> None:
+        Closing.closed += 1
+
+
+async def test_each_retired_workers_model_is_closed_after_a_reload() -> None:
+    Closing.closed = 0
+    model = Closing()
+    model.workers = 2
+    async with running_server([model]) as server:
+        await server.engine.reload("echo", Closing())
+        for _ in range(500):  # each retired worker closes its own copy, on its own thread
+            if Closing.closed == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert Closing.closed == 2  # the serving version's two are not

@@ -163,3 +163,23 @@ async def test_a_stream_swapped_out_before_its_first_partial_names_the_version_c
     await server.engine.reload("steps", StepsV2())
     _, headers, _ = await running
     assert headers["x-model-version"] == "1"
+
+
+class Closing(Steps):
+    """Counts the copies closed (each worker closes its own after its last batch)."""
+
+    closed = 0
+
+    def close(self) -> None:
+        Closing.closed += 1
+
+
+async def test_a_streaming_models_close_is_called_when_a_reload_retires_it() -> None:
+    Closing.closed = 0
+    async with running_server([Closing()], admin_api_key="admin") as server:
+        await server.engine.reload("steps", StepsV2())
+        for _ in range(500):  # the retired worker closes its copy on its own thread
+            if Closing.closed:
+                break
+            await asyncio.sleep(0.01)
+    assert Closing.closed == 1

@@ -60,7 +60,7 @@ class Model:
 
     def close(self) -> None:
         """Release what `setup` took (memory, a GPU, a child process); called on the worker's thread after its
-        last batch, when a hot reload retires this version or the server stops."""
+        last batch, when a hot reload retires this version (and as the server stops, which does not wait for it)."""
 
 
 def decode_all(decode: Callable[[Any], Any], inputs: Iterable[Any]) -> list[Any]:

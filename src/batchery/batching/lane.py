@@ -87,9 +87,9 @@ class Lane:
                 done.set_exception(exc)
 
     def _close_model(self) -> None:
-        """The model's optional `close()`, on this thread, after its last batch: a retired version (hot reload)
-        or a stopping server releases what it holds (a worker process, GPU memory) now, not whenever the garbage
-        collector gets to it."""
+        """The model's optional `close()`, on this thread, after its last batch: a version retired by a hot reload
+        (or a stopping server's, which does not wait for it) releases what it holds (a worker process, GPU memory)
+        now, not whenever the garbage collector gets to it."""
         close = getattr(self.model, "close", None)
         if not callable(close):
             return

@@ -90,6 +90,11 @@ class StreamingModel:
         decode = getattr(self.model, "decode_request", None)
         return decode(item) if decode is not None else item
 
+    def close(self) -> None:
+        close = getattr(self.model, "close", None)
+        if callable(close):
+            close()
+
     def encode_response(self, output: Any) -> Any:
         return output  # partials were encoded one by one in predict
 
