@@ -193,6 +193,14 @@ class Engine:
     ) -> tuple[list[Any], str]:
         if not self.accepting:
             raise NotReady("the server is not accepting requests (starting up or shutting down)", retry_after=1.0)
+        return await self.compute(handle, payloads, deadline, client, priority)
+
+    async def compute(
+        self, handle: ModelHandle, payloads: Sequence[Any], deadline: float | None, client: str, priority: int
+    ) -> tuple[list[Any], str]:
+        """Queue decoded `payloads` as one request of `client` and return the outputs and the one version that
+        computed them all. Admits them whether or not the engine accepts new requests: a pipeline's stages call
+        this for a request already inside the pipeline, which a drain lets finish."""
         loop = self._loop or asyncio.get_running_loop()
         batcher = handle.batcher
         for _ in range(_SWAPS_OUTLIVED):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from batchery.batching.scheduler import DEFAULT_CLIENT
-from batchery.errors import NotReady, PayloadTooLarge
+from batchery.errors import PayloadTooLarge
 
 if TYPE_CHECKING:
     from batchery.engine import Engine
@@ -17,9 +16,6 @@ if TYPE_CHECKING:
 #: Who sent the pipeline request being run (its client and priority): its stage inputs queue as theirs, so one
 #: client's pipeline requests cannot starve another's in a shared stage (set by `PipelineHandle.infer`).
 requester: ContextVar[tuple[str, int]] = ContextVar("batchery_pipeline_requester", default=(DEFAULT_CLIENT, 0))
-
-#: Reloads of a stage that one request's inputs are computed again after, as `Engine.infer` does for a model.
-_SWAPS_OUTLIVED = 3
 
 
 class Pipeline(ABC):
@@ -63,28 +59,16 @@ async def stage(engine: Engine, name: str, payloads: Sequence[Any], deadline: fl
     """
     if not payloads:
         return []
-    batcher = engine.handles[name].batcher
+    handle = engine.handles[name]
+    batcher = handle.batcher
     if len(payloads) > batcher.max_queue:  # could never be queued: a 503 would be retried forever
         raise PayloadTooLarge(
             f"this request sends {len(payloads)} inputs at once to stage '{name}', whose queue holds at most "
             f"{batcher.max_queue}; send fewer or smaller inputs per request"
         )
-    loop = asyncio.get_running_loop()
     client, priority = requester.get()
-    for _ in range(_SWAPS_OUTLIVED):
-        items = [batcher.new_item(payload, loop, deadline) for payload in payloads]
-        batcher.submit(items, client=client, priority=priority)
-        try:
-            outputs = list(await asyncio.gather(*(item.future for item in items)))
-        except BaseException:
-            for item in items:  # one child failed: drop this request's other queued children
-                item.future.cancel()
-            raise
-        if all(item.version == items[0].version for item in items):
-            return outputs
-        # The stage was reloaded while these inputs were in different batches: as for a model's request
-        # (docs/lifecycle.md), one request's inputs are computed by one version, so compute them again.
-    raise NotReady(f"stage '{name}' was reloaded over and over during this request; retry it", retry_after=1.0)
+    outputs, _ = await engine.compute(handle, payloads, deadline, client, priority)
+    return outputs
 
 
 async def fan_out(
