@@ -30,7 +30,7 @@ from batchery.gpu import NVML, GpuReading, device_index
 from batchery.model import model_name
 from batchery.observer import Observer
 from batchery.spec import ModelSpec, check_name, check_thread_budget, from_env, resolve_devices
-from batchery.workers.process import ProcessModel
+from batchery.workers.process import ProcessModel, lane_restarts
 
 log = logging.getLogger("batchery.engine")
 
@@ -314,7 +314,7 @@ class ModelHandle:
         self.history.append(self.source)
         self.source = Source(prototype, label, reimport, declared, files, fingerprint)
         self.prototype = prototype
-        self.retired_restarts += sum(lane.model.restarts for lane in self.lanes if isinstance(lane.model, ProcessModel))
+        self.retired_restarts += lane_restarts(self.lanes)
         self.lanes = lanes
         self.version = label
         self.reloads += 1

@@ -132,16 +132,11 @@ class ProcessModel:
             self._process.kill()
         self._release()
 
-    def _release(self) -> None:
-        """Let go of the child, which has ended or was killed: its pipe and its process handle (each holds a file
-        descriptor until closed; the garbage collector would close them only some time later)."""
-        if self._conn is not None:
-            self._conn.close()
-        if self._process is not None:
-            self._process.join(5)
-            if self._process.exitcode is not None:  # close() refuses a process still running
-                self._process.close()
+    def _release(self) -> int | None:
+        """Let go of the child, which has ended or was killed; return its exit code (None: none yet, or no child)."""
+        code = _release(self._conn, self._process) if self._process is not None and self._conn is not None else None
         self._process = self._conn = None
+        return code
 
     def _call(self, batch: list[Any]) -> list[Any]:
         if self.ready and self._process is not None and not self._process.is_alive():
@@ -168,11 +163,7 @@ class ProcessModel:
         return list(value)
 
     def _crashed(self) -> None:
-        code = None
-        if self._process is not None:
-            self._process.join(5)
-            code = self._process.exitcode
-        self._release()
+        code = self._release()
         now = time.monotonic()
         self._crashes.append(now)
         while self._crashes and self._crashes[0] < now - self.window:
@@ -202,23 +193,26 @@ class ProcessModel:
         try:
             kind, value = parent.recv()
         except EOFError:
-            process.join(5)
-            code = process.exitcode
-            _release(parent, process)
+            code = _release(parent, process)
             raise RuntimeError(
                 f"model '{self.name}': its worker process exited during set-up (exit code {code})"
             ) from None
         if kind == "error":
-            process.join(5)
             _release(parent, process)
             raise RuntimeError(f"model '{self.name}' failed to set up in its worker process: {value}")
         self._process, self._conn = process, parent
 
 
-def _release(conn: Connection, process: Any) -> None:
+def _release(conn: Connection, process: Any) -> int | None:
+    """Close a child's pipe and, once it has ended (waiting up to 5 s), its process handle: each holds a file
+    descriptor that the garbage collector would close only some time later. Returns its exit code (None: it is
+    still running)."""
     conn.close()
-    if process.exitcode is not None:
+    process.join(5)
+    code: int | None = process.exitcode
+    if code is not None:  # close() refuses a process still running
         process.close()
+    return code
 
 
 def _serve(
@@ -256,8 +250,12 @@ def _answer(conn: Connection, blob: bytes, files: dict[str, str], device: str) -
 def restarts(handle: Any) -> int:
     """How many times the worker processes of a served model (a ModelHandle) were restarted, over every version
     it served (a hot reload replaces the workers, and a counter must not go down)."""
-    live = sum(lane.model.restarts for lane in handle.lanes if isinstance(lane.model, ProcessModel))
-    return int(getattr(handle, "retired_restarts", 0)) + live
+    return int(getattr(handle, "retired_restarts", 0)) + lane_restarts(handle.lanes)
+
+
+def lane_restarts(lanes: Any) -> int:
+    """Restarts of the worker processes of `lanes` (those whose model is a ProcessModel)."""
+    return sum(lane.model.restarts for lane in lanes if isinstance(lane.model, ProcessModel))
 
 
 def given_up(handle: Any) -> bool:
