@@ -48,7 +48,7 @@ NAMES = (
 def model_label(engine: Engine, name: str) -> str:
     """The `model` label for a request naming `name`: the name when the engine serves it as a model or a pipeline,
     else empty, so names a client makes up never become label values (series)."""
-    return name if name in engine.handles or name in engine.pipelines else ""
+    return name if name in ServedNames(engine) else ""
 
 
 class ServedNames:

@@ -16,13 +16,12 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from batchery.app.deadline import infer_until, request_deadline, request_priority
-from batchery.app.scope import CLIENT
 from batchery.cache import ResponseCache, canonical_json
 from batchery.config import Settings
 from batchery.engine import Engine, ModelHandle
 from batchery.errors import BadRequest, InvalidInput, PayloadTooLarge, PredictError
 from batchery.protocols.responses import json_response
-from batchery.protocols.serving import cached, client_address
+from batchery.protocols.serving import cached, requesting_client
 
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
@@ -78,7 +77,7 @@ def encode(outputs: list[Any], single: bool, *, model: str, version: str) -> byt
 async def _compute(
     engine: Engine, handle: ModelHandle, inputs: list[Any], single: bool, deadline: float | None, scope: Scope
 ) -> tuple[bytes, str]:
-    client = scope.get(CLIENT) or client_address(scope)
+    client = requesting_client(scope)
     outputs, version = await infer_until(
         engine, handle, inputs, deadline, client=client, priority=request_priority(scope)
     )

@@ -38,7 +38,7 @@ class Serving:
         """Outputs and the version that computed them; DeadlineExceeded (504) once the deadline passes."""
         scope = request.scope
         scope[MODEL] = handle.name  # adapters that read the model from the body tell metrics and access logs
-        client = scope.get(CLIENT) or client_address(scope)
+        client = requesting_client(scope)
         deadline = request_deadline(scope, self.timeout)
         outputs, version = await infer_until(
             self.engine, handle, inputs, deadline, client=client, priority=request_priority(scope)
@@ -103,8 +103,12 @@ async def cached(
 _VERSION_END = b"\0"
 
 
-def client_address(scope: Scope) -> str:
-    """The peer's address: who a request without an API key counts as for fairness and rate limits."""
+def requesting_client(scope: Scope) -> str:
+    """Who a request counts as for fair sharing: its API key's id (set by the auth middleware), else the peer's
+    address."""
+    client = scope.get(CLIENT)
+    if client:
+        return str(client)
     peer = scope.get("client")
     return str(peer[0]) if peer else ""
 

@@ -20,13 +20,12 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from batchery.app.deadline import request_priority
-from batchery.app.scope import CLIENT
 from batchery.batching.streaming import END, Stream, StreamingModel
 from batchery.config import Settings
 from batchery.engine import Engine
 from batchery.errors import BadRequest, BatcheryError, DeadlineExceeded, PredictError
 from batchery.protocols.responses import error_response
-from batchery.protocols.serving import Serving, client_address
+from batchery.protocols.serving import Serving, requesting_client
 
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 _HEADERS = [
@@ -181,7 +180,7 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
         (payload,) = engine.decode(handle, [decode(await request.body())])
         item = Stream(payload, asyncio.get_running_loop())
         scope = request.scope
-        client, priority = scope.get(CLIENT) or client_address(scope), request_priority(scope)
+        client, priority = requesting_client(scope), request_priority(scope)
         # The deadline bounds the wait for a batch (504 before any event); a running stream is not cut short.
         deadline = serving.deadline(request)
         task = asyncio.ensure_future(

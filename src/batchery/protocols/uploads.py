@@ -20,14 +20,13 @@ from starlette.routing import Match
 from starlette.types import Receive, Scope
 
 from batchery.app.deadline import infer_pipeline_until, infer_until, request_deadline, request_priority
-from batchery.app.scope import CLIENT
 from batchery.config import Settings
 from batchery.engine import Engine
 from batchery.errors import BadRequest, BatcheryError, InvalidInput, PayloadTooLarge
 from batchery.images import DEFAULT_LIMITS, ImageLimits, check_media_type
 from batchery.protocols import native
 from batchery.protocols.responses import json_response
-from batchery.protocols.serving import client_address
+from batchery.protocols.serving import requesting_client
 
 MULTIPART = b"multipart/form-data"
 T = TypeVar("T")
@@ -71,7 +70,7 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
             inputs, single = native.decode(await request.body(), max_items=max_items)
         deadline = request_deadline(request.scope, timeout)
         priority = request_priority(request.scope)
-        client = request.scope.get(CLIENT) or client_address(request.scope)
+        client = requesting_client(request.scope)
         if name in pipelines:
             compute_pipeline = infer_pipeline_until(engine, name, inputs, deadline, client=client, priority=priority)
             outputs = await _unless_gone(request, compute_pipeline)
