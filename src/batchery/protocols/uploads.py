@@ -7,8 +7,7 @@ protocol). Every other request falls through to the native route. Needs `python-
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from fastapi import APIRouter
@@ -17,7 +16,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Match
-from starlette.types import Receive, Scope
+from starlette.types import Scope
 
 from batchery.app.deadline import infer_pipeline_until, infer_until, request_deadline, request_priority
 from batchery.config import Settings
@@ -71,13 +70,14 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
         deadline = request_deadline(request.scope, timeout)
         priority = request_priority(request.scope)
         client = requesting_client(request.scope)
+        # A client that hangs up is cancelled where the connection is lost (app/fastpath.py): its later stages, and
+        # its inputs still queued, are not computed for nobody.
         if name in pipelines:
-            compute_pipeline = infer_pipeline_until(engine, name, inputs, deadline, client=client, priority=priority)
-            outputs = await _unless_gone(request, compute_pipeline)
+            outputs = await infer_pipeline_until(engine, name, inputs, deadline, client=client, priority=priority)
             version = pipelines[name].version  # a config file may set it
         else:
             compute = infer_until(engine, engine.handle(name), inputs, deadline, client=client, priority=priority)
-            outputs, version = await _unless_gone(request, compute)
+            outputs, version = await compute
         body = native.encode(outputs, single, model=name, version=version)
         return json_response(body, headers={"X-Model-Version": version})
 
@@ -101,28 +101,6 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
         },
     )
     return router
-
-
-async def _unless_gone(request: Request, compute: Awaitable[T]) -> T:
-    """`compute`'s result, unless the client hangs up first: then it is cancelled (a pipeline's later stages, and
-    inputs still queued, are not computed for nobody) and ClientDisconnect raised (logged as 499)."""
-    task = asyncio.ensure_future(compute)
-    watcher = asyncio.ensure_future(_disconnected(request.receive))
-    try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-            await asyncio.wait((task,))  # let it unwind: its queued inputs are dropped before compute
-    if task.cancelled():
-        raise ClientDisconnect()
-    return task.result()
-
-
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
 
 
 async def read_files(request: Request, limits: ImageLimits, *, max_items: int) -> list[bytes]:
