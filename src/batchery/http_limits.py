@@ -65,7 +65,6 @@ class LimitedHttpTools(HttpToolsProtocol):
         self._reading_head = True
         self._head_bytes = 0  # bytes received while the head is read: bounds what the parser buffers
         self._head_parsed = 0  # the head's size as parsed: bounds a whole head that arrives in one read
-        self._head_too_large = False
         self._began_in_read = False  # a message began in the read being parsed
         self._read_timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
@@ -129,7 +128,6 @@ class LimitedHttpTools(HttpToolsProtocol):
         not reach the app. The parser turns the exception into its own error, which `send_400_response` gets."""
         self._head_parsed += size
         if self._head_parsed > self.max_header_bytes:
-            self._head_too_large = True
             raise _HeadTooLarge
 
     def on_headers_complete(self) -> None:
@@ -142,7 +140,7 @@ class LimitedHttpTools(HttpToolsProtocol):
         super().on_message_complete()
 
     def send_400_response(self, msg: str) -> None:
-        if self._head_too_large:
+        if self._head_parsed > self.max_header_bytes:  # `_count_head` stopped the parser
             self._refuse_large_head()
             return
         # uvicorn's own answer to bytes that are not HTTP is text/plain; every batchery error is JSON.
