@@ -68,6 +68,14 @@ async def test_admin_routes_need_the_admin_key(http: httpx.AsyncClient) -> None:
     assert (await http.post("/admin/cache/clear", headers={"X-API-Key": "root"})).status_code == 200
 
 
+async def test_the_admin_key_listed_among_the_user_keys_still_opens_admin_routes() -> None:
+    settings = {"api_keys": "alpha, root", "admin_api_key": "root"}
+    async with running_server([EchoModel()], **settings) as server, httpx.AsyncClient(base_url=server.url) as http:
+        assert (await http.post("/admin/cache/clear", headers={"X-API-Key": "root"})).status_code == 200
+        assert (await http.post("/admin/cache/clear", headers={"X-API-Key": "alpha"})).status_code == 403
+        assert (await http.post(PREDICT, json={"input": 1}, headers={"X-API-Key": "root"})).status_code == 200
+
+
 async def test_without_an_admin_key_admin_routes_are_refused_even_with_auth_off() -> None:
     async with running_server([EchoModel()]) as server, httpx.AsyncClient(base_url=server.url) as http:
         assert (await http.post(PREDICT, json={"input": 1})).status_code == 200  # auth is off by default

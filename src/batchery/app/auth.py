@@ -47,7 +47,9 @@ class ApiKeys:
 
     def __init__(self, keys: Iterable[str], admin_key: str = "") -> None:
         self._entries: list[tuple[bytes, str, str]] = []
-        for key, role in [*((k, "user") for k in keys), *([(admin_key, "admin")] if admin_key else [])]:
+        # The admin key first: the first match decides the role, and the admin key listed among the user keys
+        # too must still open /admin.
+        for key, role in [*([(admin_key, "admin")] if admin_key else []), *((k, "user") for k in keys)]:
             digest = hashlib.sha256(key.encode()).digest()
             self._entries.append((digest, role, "key-" + digest.hex()[:12]))
         self.users = any(role == "user" for _, role, _ in self._entries)
