@@ -8,8 +8,10 @@ import math
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -19,6 +21,7 @@ from batchery.bench import load, payloads, report, trace
 from batchery.bench.load import BACKLOG_ERROR, MAX_RATE, LoadSpec, Measurement, Progress, measure
 from batchery.cli import main
 from batchery.errors import ConfigError
+from batchery.model import Model
 from batchery.testing import EchoModel, running_server, server_thread
 
 
@@ -450,6 +453,31 @@ async def test_open_loop_throughput_is_measured_over_the_duration() -> None:
     assert result.ok == 10  # offsets 0, 0.05, ... 0.45
     assert result.duration_s == pytest.approx(0.5, abs=0.005)
     assert result.throughput <= 20.0 + 1e-9  # never more than offered
+
+
+class _TwentyPerSecond(Model):
+    """One input at a time, 50 ms each: at most 20 answers a second."""
+
+    name = "slow"
+    max_batch_size = 1
+    workers = 1
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        time.sleep(0.05)
+        return batch
+
+
+async def test_open_loop_past_saturation_counts_the_answers_within_the_window() -> None:
+    async with running_server([_TwentyPerSecond()]) as server:
+        url = f"{server.url}/v1/models/slow/predict"
+        m = await measure(LoadSpec(url, [b'{"input": 1}'], connections=64, rate=60.0, duration=0.5, warmup=0))
+    result = report.summarize(m)
+    # All 30 requests were answered, most of them after the window, as the queue drained: their latencies count,
+    # but the rate is what the server computed within the window (about 10 answers in 0.5 s), never the 60/s sent.
+    assert result.ok == 30
+    assert result.max_ms > 1000
+    assert result.throughput == pytest.approx(20.0, abs=6.0)
+    assert result.goodput == result.throughput
 
 
 async def test_scheduler_behind_schedule_yields_and_bounds_its_backlog() -> None:

@@ -56,6 +56,12 @@ class Measurement:
     transport_errors: Counter[str] = field(default_factory=Counter)
     client_cpu_seconds: float = 0.0
     interrupted: bool = False
+    #: Open loop and traces: 2xx answers that arrived within the measured window, whenever they were sent, and
+    #: those of them within the deadline. Past saturation, answers to the window's requests go on arriving
+    #: after it (a queue drains): counted as the window's, they would make throughput exceed what the server
+    #: computes. None in closed loop, where every answer counted arrives within the window.
+    ok_in_window: int | None = None
+    good_in_window: int | None = None
 
     def record(self, status: int, latency_ms: float) -> None:
         self.statuses[status] += 1
@@ -81,6 +87,8 @@ class _Run:
     def __init__(self, spec: LoadSpec, on_progress: ProgressCallback | None) -> None:
         self.spec = spec
         self.result = Measurement(spec)
+        if spec.open_loop:
+            self.result.ok_in_window = self.result.good_in_window = 0
         self.on_progress = on_progress
         self.start = time.perf_counter()
         self.measure_from = self.start + spec.warmup
@@ -115,8 +123,11 @@ class _Run:
         now = time.perf_counter()
         self.window_count += 1
         latency_ms = (now - sent_at) * 1000.0
-        if status is not None and 200 <= status < 300 and len(self.window) < 2000:
+        success = status is not None and 200 <= status < 300
+        if success and len(self.window) < 2000:
             self.window.append(latency_ms)
+        if success and self.spec.open_loop and not self.stopped and self.measure_from <= now <= self.stop_at:
+            self._answered_in_window(latency_ms)
         if sent_at < self.measure_from or self.stopped:
             return  # warm-up, or an answer that came after the run had ended
         self.completed += 1
@@ -127,6 +138,13 @@ class _Run:
         limit = self.spec.max_requests
         if limit is not None and self.completed >= limit:
             self.stop()
+
+    def _answered_in_window(self, latency_ms: float) -> None:
+        result = self.result
+        result.ok_in_window = (result.ok_in_window or 0) + 1
+        deadline = self.spec.deadline_ms
+        if deadline is None or latency_ms <= deadline:
+            result.good_in_window = (result.good_in_window or 0) + 1
 
     def finished(self) -> bool:
         return self.stopped or time.perf_counter() >= self.stop_at

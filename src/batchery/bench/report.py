@@ -15,7 +15,8 @@ from batchery.bench.load import BACKLOG_ERROR, Measurement
 
 @dataclass(slots=True)
 class Summary:
-    """One run in numbers. Latencies in ms; `throughput` counts successful answers per second.
+    """One run in numbers. Latencies in ms; `throughput` counts successful answers per second (in open loop, those
+    that arrived within the measured window: past saturation the rest come after it, as a queue drains).
 
     `good` counts successful answers within `deadline_ms` (all successes when there is no deadline); `goodput`
     is their rate and `good_share` their share of the requests sent. `interrupted`: stopped early by Ctrl-C.
@@ -36,6 +37,7 @@ class Summary:
     p99_ms: float
     max_ms: float
     mean_ms: float
+    rejected_p50_ms: float
     rejected_p99_ms: float
     statuses: dict[str, int]
     transport_errors: dict[str, int]
@@ -66,6 +68,10 @@ def summarize(m: Measurement) -> Summary:
     spec = m.spec
     requests = len(ok) + len(rejected) + failed
     good = len(ok) if spec.deadline_ms is None else bisect.bisect_right(ok, spec.deadline_ms)
+    # Rates count what was answered within the window (open loop: see Measurement.ok_in_window); latencies and
+    # shares count every request sent within it, however late its answer came.
+    answered = len(ok) if m.ok_in_window is None else m.ok_in_window
+    answered_good = good if m.good_in_window is None else m.good_in_window
     return Summary(
         url=spec.url,
         mode="trace" if spec.arrivals is not None else "closed" if spec.rate is None else "open",
@@ -76,19 +82,20 @@ def summarize(m: Measurement) -> Summary:
         ok=len(ok),
         rejected=len(rejected),
         errors=failed,
-        throughput=len(ok) / m.wall_seconds if m.wall_seconds > 0 else 0.0,
+        throughput=answered / m.wall_seconds if m.wall_seconds > 0 else 0.0,
         p50_ms=percentile(ok, 50),
         p95_ms=percentile(ok, 95),
         p99_ms=percentile(ok, 99),
         max_ms=ok[-1] if ok else math.nan,
         mean_ms=sum(ok) / len(ok) if ok else math.nan,
+        rejected_p50_ms=percentile(rejected, 50),
         rejected_p99_ms=percentile(rejected, 99),
         statuses={str(code): count for code, count in sorted(m.statuses.items())},
         transport_errors=dict(m.transport_errors),
         client_cpu=m.client_cpu_seconds / m.wall_seconds if m.wall_seconds > 0 else 0.0,
         deadline_ms=spec.deadline_ms,
         good=good,
-        goodput=good / m.wall_seconds if m.wall_seconds > 0 else 0.0,
+        goodput=answered_good / m.wall_seconds if m.wall_seconds > 0 else 0.0,
         good_share=good / requests if requests else 0.0,
         interrupted=m.interrupted,
     )
