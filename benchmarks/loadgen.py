@@ -68,6 +68,7 @@ def open_loop(url: str, bodies: list[bytes], rate: float, duration: float, pool:
         "max_ms": s.max_ms,
         "requests": s.requests,
         "rejected": s.rejected,
+        "rejected_p50_ms": s.rejected_p50_ms,
         "rejected_p99_ms": s.rejected_p99_ms,
         "errors": s.errors,
         "client_cpu": s.client_cpu,

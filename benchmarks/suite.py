@@ -193,10 +193,10 @@ def main(argv: list[str] | None = None) -> int:
                 for name, r in per_server.items():
                     if "closed" not in r or (args.quick and name != "batchery"):
                         continue
-                    knobs = next(
-                        (Knobs(*_knobs(s["knobs"])) for s in r["sweep"] if s["knobs"] == r["closed"]["64"]["config"]),
-                        Knobs(),
-                    )
+                    peer = PEERS_ALL[name]
+                    best_at_64 = r["closed"]["64"]["config"]
+                    configs = peer.configs(workload, args.quick)
+                    knobs = next((k for k in configs if peer.label(k) == best_at_64), Knobs())
                     r["open"] = open_sweep(name, workload, knobs, rates, args, log_dir)
             _write(results, args.out)
         if not args.no_scenarios and "batchery" in servers:
@@ -215,11 +215,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
-
-
-def _knobs(label: str) -> tuple[int, float, int]:
-    parts = label.replace(",", "").split()
-    return int(parts[1]), float(parts[3]), int(parts[5])
 
 
 def _write(results: dict[str, Any], out: Path) -> None:
