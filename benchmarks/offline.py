@@ -100,5 +100,7 @@ def measure(seconds: float, batches: list[int]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    # python -m benchmarks.offline [seconds] [batch sizes, comma-separated]
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 3.0
-    print(orjson.dumps(measure(seconds, [1, 8, 16, 32, 64])).decode())
+    batches = [int(b) for b in sys.argv[2].split(",")] if len(sys.argv) > 2 else [1, 8, 16, 32, 64]
+    print(orjson.dumps(measure(seconds, batches)).decode())
