@@ -106,9 +106,9 @@ class Settings:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         for name in ("request_timeout_ms", "rate_limit", "rate_limit_burst", "cache_ttl_seconds"):
-            if not getattr(self, name) >= 0:  # `not >=` also refuses NaN
-                raise ConfigError(f"{name} must be >= 0")
-        if not self.redis_timeout_ms > 0 or self.cache_max_bytes < 1 or self.cache_max_value_bytes < 1:
+            if not 0 <= getattr(self, name) < math.inf:  # also refuses NaN
+                raise ConfigError(f"{name} must be a finite number >= 0, not {getattr(self, name)!r}")
+        if not 0 < self.redis_timeout_ms < math.inf or self.cache_max_bytes < 1 or self.cache_max_value_bytes < 1:
             raise ConfigError("redis_timeout_ms, cache_max_bytes and cache_max_value_bytes must be > 0")
         uses_redis = self.rate_limit_backend == "redis" and self.rate_limit > 0
         uses_redis = uses_redis or "redis" in cache_backends(self.cache).values()

@@ -29,7 +29,7 @@ from batchery.errors import ConfigError, Conflict, ModelLoadError, describe
 from batchery.gpu import NVML, GpuReading, device_index
 from batchery.model import model_name
 from batchery.observer import Observer
-from batchery.spec import ModelSpec, check_name, check_thread_budget, from_env, resolve_devices
+from batchery.spec import OVERRIDABLE, ModelSpec, check_name, check_thread_budget, from_env, resolve_devices
 from batchery.workers.process import ProcessModel, lane_restarts
 
 log = logging.getLogger("batchery.engine")
@@ -125,9 +125,13 @@ class ModelHandle:
         spec = spec or ModelSpec()
         spec = spec.merged(from_env(spec.name or model_name(model)))
 
+        attributes = ModelSpec.from_attributes(model)
+
         def setting(key: str, default: Any) -> Any:
             value = getattr(spec, key)
-            return value if value is not None else getattr(model, key, default)
+            if value is None:
+                value = getattr(attributes, key) if key in OVERRIDABLE else getattr(model, key, None)
+            return value if value is not None else default
 
         self.spec = spec
         self.name = str(spec.name or model_name(model))
@@ -137,7 +141,7 @@ class ModelHandle:
         per_device = setting("workers_per_device", None)
         # A model's own setting (its file entry, BATCHERY_MODEL_<NAME>_WORKERS) beats the server-wide `workers`,
         # which beats the class's attribute.
-        explicit_workers = spec.workers or workers or getattr(model, "workers", None)
+        explicit_workers = spec.workers or workers or attributes.workers
         if per_device:
             self.workers = int(per_device) * len(self.devices)
         elif explicit_workers:
@@ -194,8 +198,16 @@ class ModelHandle:
     def _validate(self) -> None:
         where = f"model '{self.name}'"
         check_name(self.name)  # also a class's `name`, which no spec checked
-        if not callable(getattr(self.prototype, "predict", None)):
-            raise ConfigError(f"{where} has no predict(batch) method. Hint: subclass batchery.Model")
+        missing = [
+            method
+            for method in ("predict(batch)", "decode_request(item)", "encode_response(output)")
+            if not callable(getattr(self.prototype, method.split("(")[0], None))
+        ]
+        if missing:
+            raise ConfigError(
+                f"{where} has no {' or '.join(missing)} method. Hint: subclass batchery.Model, which provides "
+                "everything but predict"
+            )
         for key in ("workers", "max_batch_size", "threads_per_worker", "max_queue_per_worker"):
             if getattr(self, key) < 1:  # also for values set as class attributes, which no spec checked
                 raise ConfigError(f"{where}: {key} must be >= 1, not {getattr(self, key)}")

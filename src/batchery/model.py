@@ -9,7 +9,8 @@ from batchery.errors import InvalidInput
 
 
 class Model:
-    """Subclass this, or write any class with the same methods and attributes.
+    """Subclass this, or write any class with the same methods (`predict`, `decode_request`, `encode_response`;
+    `setup` and `close` are optional) and attributes.
 
     Batching settings live on the model. Each worker owns its own copy of the model, made before `setup`.
     """

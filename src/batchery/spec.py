@@ -117,6 +117,17 @@ class ModelSpec:
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc.message}") from exc
 
+    @classmethod
+    def from_attributes(cls, model: Any) -> ModelSpec:
+        """The settings `model`'s class sets as attributes, checked as strictly as a config file's: 2.5 never
+        becomes 2, 0 workers is refused, not taken for "unset". None stands for unset. The name and version keep
+        their own, looser reading (a number is taken as its text)."""
+        values = {key: getattr(model, key) for key in OVERRIDABLE if getattr(model, key, None) is not None}
+        for key in ("name", "version"):
+            if key in values:
+                values[key] = str(values[key])
+        return cls.from_mapping(values, f"model class {type(model).__name__}")
+
     def merged(self, other: ModelSpec) -> ModelSpec:
         """This spec with `other`'s set values taking precedence."""
         changes = {

@@ -99,7 +99,6 @@ class Lane:
             log.exception("model '%s': close() failed", self.model_name)
 
     def _compute(self, batch: Batch) -> BatchResult:
-        model = self.model
         started = time.perf_counter()
         failed_sizes: list[int] = []
         try:
@@ -107,12 +106,27 @@ class Lane:
                 outputs, bisected = predict_isolating(
                     self._checked_predict, batch.payloads, failed_sizes, self.model_name
                 )
-            encode = model.encode_response
-            encoded = [output if isinstance(output, ItemError) else encode(output) for output in outputs]
+            encoded = [output if isinstance(output, ItemError) else self._encode(output) for output in outputs]
         except Exception as exc:  # one bad batch must never end the lane
             return BatchResult(batch, None, exc, time.perf_counter() - started, self.version, failed_sizes)
+        except BaseException as exc:  # SystemExit from a library's sys.exit(), say: still only this batch's error
+            error = PredictError(
+                f"model '{self.model_name}' raised {exc!r} on a batch of {len(batch.payloads)}; predict must raise "
+                "an Exception, never end the worker"
+            )
+            error.__cause__ = exc
+            return BatchResult(batch, None, error, time.perf_counter() - started, self.version, failed_sizes)
         elapsed = time.perf_counter() - started
         return BatchResult(batch, encoded, None, elapsed, self.version, failed_sizes, bisected)
+
+    def _encode(self, output: Any) -> Any:
+        """`encode_response(output)`; an output it cannot encode fails its own input only, not its batch-mates'."""
+        try:
+            return self.model.encode_response(output)
+        except Exception as exc:
+            error = PredictError(f"model '{self.model_name}' could not encode this input's output: {exc!r}")
+            error.__cause__ = exc
+            return ItemError(error)
 
     def _checked_predict(self, payloads: list[Any]) -> list[Any]:
         return checked_predict(self.model, payloads, self.model_name)

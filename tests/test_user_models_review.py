@@ -1,0 +1,126 @@
+"""What the eighth session's review as a user serving their own model found: each test fails without its fix."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sys
+from typing import Any
+
+import httpx
+import pytest
+
+from batchery.config import Settings
+from batchery.errors import ConfigError
+from batchery.model import Model
+from batchery.testing import running_server
+
+
+class ExitsOnBad(Model):
+    """Calls sys.exit() on one input, as a library's command-line helper might."""
+
+    name = "exits"
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        if "bad" in batch:
+            sys.exit(3)
+        return batch
+
+
+async def test_system_exit_in_predict_fails_its_batch_and_the_worker_goes_on() -> None:
+    async with running_server([ExitsOnBad()], workers=1) as server, httpx.AsyncClient(base_url=server.url) as http:
+        bad = await http.post("/v1/models/exits/predict", json={"input": "bad"}, timeout=10)
+        assert bad.status_code == 500
+        assert "SystemExit" in bad.json()["error"]["message"]
+        for _ in range(3):  # the lane's thread survived: later requests are answered, not left hanging
+            good = await http.post("/v1/models/exits/predict", json={"input": "good"}, timeout=10)
+            assert good.status_code == 200
+            assert good.json()["output"] == "good"
+
+
+class EncodesSome(Model):
+    """`encode_response` refuses one output; `predict` sleeps so that concurrent requests share a batch."""
+
+    name = "encodes"
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        import time
+
+        time.sleep(0.05)
+        return batch
+
+    def encode_response(self, output: Any) -> Any:
+        if output == "bad":
+            raise ValueError("cannot encode this one")
+        return output
+
+
+async def test_an_output_that_cannot_be_encoded_fails_only_its_own_request() -> None:
+    async with running_server([EncodesSome()], workers=1) as server, httpx.AsyncClient(base_url=server.url) as http:
+        await http.post("/v1/models/encodes/predict", json={"input": "warm"})
+        first = asyncio.create_task(http.post("/v1/models/encodes/predict", json={"input": "first"}))
+        await asyncio.sleep(0.01)  # the lane is busy with "first": the next three queue into one batch
+        names = ["alice", "bad", "carol"]
+        answers = await asyncio.gather(
+            *(http.post("/v1/models/encodes/predict", json={"input": name}) for name in names)
+        )
+        await first
+        by_name = dict(zip(names, answers, strict=True))
+        assert by_name["alice"].status_code == by_name["carol"].status_code == 200
+        assert by_name["carol"].json()["output"] == "carol"
+        assert by_name["bad"].status_code == 500
+        message = by_name["bad"].json()["error"]["message"]
+        assert "cannot encode" in message
+        assert "alice" not in message  # nobody else's input in the error
+        assert "carol" not in message
+
+
+class OnlyPredict:
+    """Written without the base class, as Model's docstring allows, but without decode_request/encode_response."""
+
+    name = "duck"
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        return batch
+
+
+async def test_a_class_without_the_methods_requests_need_is_refused_at_start_up() -> None:
+    with pytest.raises(ConfigError, match=r"no decode_request\(item\) or encode_response\(output\) method"):
+        async with running_server([OnlyPredict()]):
+            pass
+
+
+def _with(**attributes: Any) -> Model:
+    model_class = type("Tuned", (Model,), {"name": "tuned", "predict": lambda self, batch: batch, **attributes})
+    return model_class()  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("attributes", "message"),
+    [
+        ({"max_batch_size": 2.5}, "max_batch_size must be an integer, not 2.5"),
+        ({"max_batch_size": True}, "max_batch_size must be an integer, not True"),
+        ({"workers": 0}, "workers must be >= 1"),
+        ({"max_delay_ms": math.inf}, "max_delay_ms must be a finite number"),
+        ({"max_delay_ms": math.nan}, "max_delay_ms must be a finite number"),
+    ],
+)
+async def test_class_attributes_are_checked_like_a_config_file(attributes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=f"model class Tuned: {message}"):
+        async with running_server([_with(**attributes)]):
+            pass
+
+
+async def test_a_class_attribute_set_to_none_means_unset() -> None:
+    async with running_server([_with(max_batch_size=None)]) as server, httpx.AsyncClient(base_url=server.url) as http:
+        described = (await http.get("/v1/models")).json()
+        tuned = next(model for model in described["models"] if model["name"] == "tuned")
+        assert tuned["max_batch_size"] == 32  # the default, not a TypeError at start-up
+
+
+@pytest.mark.parametrize("name", ["rate_limit", "request_timeout_ms", "cache_ttl_seconds", "redis_timeout_ms"])
+def test_infinite_numbers_are_refused_in_server_settings(name: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Settings.load({name: math.inf}, env={})
+    with pytest.raises(ConfigError, match=name):
+        Settings.load(env={f"BATCHERY_{name.upper()}": "inf"})
