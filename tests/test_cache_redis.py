@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 
@@ -10,6 +11,7 @@ import httpx
 import pytest
 import redis
 
+from batchery._http_client import Connection, RawResponse
 from batchery.testing import EchoModel, running_server
 from redis_fixture import RedisServer
 from test_cache_memory import cache_events
@@ -69,3 +71,73 @@ async def test_a_hung_redis_times_out_and_requests_are_still_served(redis_server
         finally:
             redis_server.resume()
         assert cache_events((await http.get("/metrics")).text)[("echo", "redis", "error")] == 3
+
+
+async def burst(
+    url: str, count: int, body: dict[str, object], headers: dict[str, str] | None = None
+) -> list[RawResponse]:
+    """`count` identical requests at once, each on a connection of its own."""
+    payload = json.dumps(body).encode()
+    headers = {"content-type": "application/json", **(headers or {})}
+
+    async def one() -> RawResponse:
+        connection = await Connection.open(url)
+        try:
+            return await connection.request("POST", "/v1/models/echo/predict", payload, headers)
+        finally:
+            await connection.close()
+
+    return await asyncio.gather(*(one() for _ in range(count)))
+
+
+async def test_a_burst_of_requests_is_not_taken_for_redis_failing(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 250 look-ups at once: more than the pooled connections (redis-py's default pool refused the rest at once,
+    # which marked a healthy Redis down) and more than the event loop answers within redis_timeout_ms.
+    async with running_server([EchoModel()], cache="redis", redis_url=redis_server.url) as server:
+        await burst(server.url, 1, {"input": "x"})
+        await asyncio.sleep(0.3)  # the background write lands
+        with caplog.at_level(logging.WARNING, logger="batchery.redis"):
+            answers = await burst(server.url, 250, {"input": "x"})
+    assert not [r.getMessage() for r in caplog.records if r.name == "batchery.redis"]
+    assert [a.headers["x-cache"] for a in answers] == ["hit"] * 250
+
+
+class StallsTheLoop(EchoModel):
+    """`decode_request` runs on the event loop: an input starting with "heavy" holds it for 150 ms."""
+
+    def decode_request(self, item: object) -> object:
+        if str(item).startswith("heavy"):
+            time.sleep(0.15)
+        return item
+
+
+async def test_a_stalled_event_loop_is_not_taken_for_redis_failing(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Redis answers in microseconds; the timer of a look-up in flight while the loop was held fired first.
+    settings = {"cache": "redis", "redis_url": redis_server.url}
+    async with (
+        running_server([StallsTheLoop()], **settings) as server,
+        httpx.AsyncClient(base_url=server.url, timeout=30) as http,
+    ):
+        for value in range(3):
+            await post(http, value)
+        await asyncio.sleep(0.3)
+        stop = False
+
+        async def small(index: int) -> None:
+            while not stop:
+                await post(http, index % 3)
+
+        with caplog.at_level(logging.WARNING, logger="batchery.redis"):
+            clients = [asyncio.create_task(small(index)) for index in range(8)]
+            for index in range(20):
+                await post(http, f"heavy{index}")
+                await asyncio.sleep(0.05)
+            stop = True
+            await asyncio.gather(*clients)
+        events = cache_events((await http.get("/metrics")).text)
+    assert not [r.getMessage() for r in caplog.records if r.name == "batchery.redis"]
+    assert events.get(("echo", "redis", "error"), 0) == 0

@@ -8,6 +8,7 @@ import pytest
 
 from batchery.cache import MemoryCache, SingleFlight, cache_key, canonical_json
 from batchery.cache import memory as memory_module
+from batchery.cache.link import RedisLink
 from batchery.config import Settings, cache_backends
 from batchery.errors import ConfigError
 
@@ -114,3 +115,9 @@ def test_cache_setting_selects_a_backend_per_model() -> None:
         Settings(cache="redis")
     with pytest.raises(ConfigError, match="names no backend"):
         Settings(cache="a=disk")
+
+
+def test_redis_log_lines_name_a_unix_socket_by_its_path_and_never_a_password() -> None:
+    assert RedisLink("unix:///run/redis/redis.sock?db=2", timeout=0.05).where == "/run/redis/redis.sock"
+    link = RedisLink("redis://:secret@cache.internal:6380/0", timeout=0.05)
+    assert link.where == "cache.internal:6380"

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 
 from batchery.app.ratelimit import TokenBuckets
 from batchery.testing import EchoModel, running_server
 from redis_fixture import RedisServer
+from test_cache_redis import burst
 
 PREDICT = "/v1/models/echo/predict"
 
@@ -73,3 +76,22 @@ async def test_replicas_share_limits_through_redis_and_fall_back_when_it_is_down
         redis_server.stop()
         # Redis down: each replica limits on its own (fresh in-process buckets), requests are still answered.
         assert (await http.post(two.url + PREDICT, json={"input": 1})).status_code == 200
+
+
+async def test_replicas_share_the_budget_under_a_burst(redis_server: RedisServer) -> None:
+    # 250 requests at once on each of two replicas: a look-up given up as "Redis failed" would fall back to the
+    # replica's own bucket and let the burst through (100 passed a shared budget of 50).
+    settings = {
+        "rate_limit": 0.001,
+        "rate_limit_burst": 50,
+        "rate_limit_backend": "redis",
+        "redis_url": redis_server.url,
+        "api_keys": "k",
+    }
+    async with running_server([EchoModel()], **settings) as a, running_server([EchoModel()], **settings) as b:
+        answers = await asyncio.gather(
+            burst(a.url, 250, {"input": 1}, {"X-API-Key": "k"}), burst(b.url, 250, {"input": 1}, {"X-API-Key": "k"})
+        )
+    statuses = [answer.status for answer in answers[0] + answers[1]]
+    assert statuses.count(200) == 50
+    assert statuses.count(429) == 450

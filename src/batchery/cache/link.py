@@ -21,6 +21,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("batchery.redis")
 T = TypeVar("T")
 
+#: Connections to Redis per process; calls beyond this wait for one (Redis answers one command at a time anyway).
+MAX_CONNECTIONS = 64
+#: Turns of the event loop a call whose timer fired gets to read an answer that already arrived.
+_GRACE_TURNS = 3
+#: A turn of the event loop longer than this means it has work queued (requests, other calls' answers).
+_BUSY_TURN = 0.002
+
 
 class RedisUnavailable(Exception):
     """Redis is down, slow or refused the call; the caller goes on without it."""
@@ -31,21 +38,31 @@ class RedisLink:
 
     def __init__(self, url: str, *, timeout: float, retry_after: float = 1.0) -> None:
         try:
-            from redis.asyncio import Redis
+            from redis.asyncio import BlockingConnectionPool, Redis
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
         except ImportError as exc:
             raise ConfigError("the redis backends need redis-py: pip install 'batchery[production]'") from exc
         self.timeout = timeout
         self.retry_after = retry_after
-        # No client-side retries: a retry triples the wait on a dead server; the breaker below retries later.
-        self.client: Redis = Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
+        # More calls at once than pooled connections wait for one (within the call's timeout) instead of failing
+        # at once: redis-py's default pool raises beyond its size, and a burst of requests would look like an
+        # outage. No socket or connect timeouts of redis-py's own: `_within_timeout` bounds every call, and a
+        # timer of their own would fire first after a busy loop. No client-side retries: a retry triples the
+        # wait on a dead server; the breaker below retries later.
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=None,
+            retry=Retry(NoBackoff(), 0),
         )
-        kwargs = self.client.connection_pool.connection_kwargs
-        self.where = f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"  # no password in log lines
+        self.client: Redis = Redis(connection_pool=pool)
+        kwargs = pool.connection_kwargs
+        # No password in log lines: the host and port, or the socket's path.
+        self.where = kwargs["path"] if "path" in kwargs else f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
         self._down_until = 0.0
         self._failed_at = 0.0
+        self._answered_at = 0.0  # when a call last had its answer: Redis was alive then
         self.down = False
 
     async def run(self, command: Callable[[Redis], Awaitable[T]]) -> T:
@@ -53,16 +70,59 @@ class RedisLink:
         if self.down and started < self._down_until:
             raise RedisUnavailable(f"redis at {self.where} is marked down")
         try:
-            async with asyncio.timeout(self.timeout):
-                result = await command(self.client)
-        except (TimeoutError, OSError, _redis_errors()) as exc:
+            result = await self._within_timeout(command, started)
+        except (TimeoutError, _redis_timeout()) as exc:
+            if self._answered_at > started:
+                # Redis answered other calls meanwhile: this one was late behind them (a burst of requests, a
+                # busy event loop), not on a server that is down. Only this call goes without Redis.
+                raise RedisUnavailable(f"redis at {self.where}: no answer in time for this call") from exc
             self._failed(exc)
             await self._drop_connections()
             raise RedisUnavailable(f"redis at {self.where}: {exc!r}") from exc
+        except (OSError, _redis_errors()) as exc:
+            self._failed(exc)
+            await self._drop_connections()
+            raise RedisUnavailable(f"redis at {self.where}: {exc!r}") from exc
+        self._answered_at = time.monotonic()
         if self.down and started >= self._failed_at:  # a call begun before the last failure proves nothing
             self.down = False
             log.warning("redis at %s is back; the cache and shared rate limits use it again", self.where)
         return result
+
+    async def _within_timeout(self, command: Callable[[Redis], Awaitable[T]], started: float) -> T:
+        """`command`'s result, or TimeoutError after `timeout` seconds of the event loop's time.
+
+        Time on the event loop is not all Redis' time, and two cases must not count as Redis being slow:
+        - A loop that was busy elsewhere for longer than the timeout (a long `decode_request`, a large body, the
+          garbage collector): when it comes back, the answer may already be in the socket, but the timer runs
+          first. So the command is not cancelled when the timer fires; its task gets the loop's next turns to
+          read what arrived, and only then is it given up.
+        - A burst of requests (more calls than pooled connections, more work than the loop does in one turn):
+          a call goes on waiting, one timeout at a time, as long as Redis answered another call since it began
+          or the loop is still busy, up to `retry_after` in all. Given up early, a rate limit would fall back to
+          this process' own buckets and let the burst through. Only a call on an idle loop that Redis has not
+          answered, with no other answer since it began, counts as Redis failing.
+        """
+        task = asyncio.ensure_future(command(self.client))
+        try:
+            await asyncio.wait([task], timeout=self.timeout)
+            # Wait on, a timeout at a time, while Redis answers other calls or the loop is too busy to tell.
+            while not task.done() and time.monotonic() < started + self.retry_after:
+                if self._answered_at <= started and not await _loop_is_busy():
+                    break
+                await asyncio.wait([task], timeout=self.timeout)
+            for _ in range(_GRACE_TURNS):
+                if task.done():
+                    break
+                await asyncio.sleep(0)
+        except BaseException:  # the request itself was cancelled (its client hung up): so is its Redis call
+            task.cancel()
+            raise
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise TimeoutError(f"no answer within {self.timeout * 1000:.0f} ms")
+        return task.result()
 
     def _failed(self, exc: BaseException) -> None:
         self._failed_at = time.monotonic()
@@ -88,8 +148,23 @@ class RedisLink:
     async def close(self) -> None:
         try:
             await self.client.aclose()
+            # A pool handed to the client is not the client's to close: every pooled connection is closed here.
+            await self.client.connection_pool.disconnect()
         except Exception as exc:  # closing a dead connection must not fail a shutdown
             log.debug("closing redis: %r", exc)
+
+
+async def _loop_is_busy() -> bool:
+    """Whether the event loop took more than `_BUSY_TURN` seconds for one turn (work queued ahead of this task)."""
+    before = time.monotonic()
+    await asyncio.sleep(0)
+    return time.monotonic() - before > _BUSY_TURN
+
+
+def _redis_timeout() -> type[Exception]:
+    from redis.exceptions import TimeoutError as RedisTimeout
+
+    return RedisTimeout
 
 
 def _redis_errors() -> type[Exception]:
