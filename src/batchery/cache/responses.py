@@ -101,7 +101,11 @@ class ResponseCache:
                 if stored is not None:
                     self._count(model, backend.backend, "hit")
                     return stored, True
-        body, shared = await self.flights.do(key, compute, deadline=deadline)
+        try:
+            body, shared = await self.flights.do(key, compute, deadline=deadline)
+        except Exception:  # a look-up that missed and then failed is still a look-up
+            self._count(model, backend.backend, event or "miss")
+            raise
         self._count(model, backend.backend, event or ("hit" if shared else "miss"))
         if not shared and len(body) <= self.max_value_bytes:
             backend.put(store_key() if store_key is not None else key, body)

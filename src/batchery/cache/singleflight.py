@@ -1,8 +1,9 @@
 """Identical requests in flight at once are computed once; every caller gets the one result (or error).
 
-Each caller keeps its own deadline while it waits, and when the computing caller's own deadline fails it, the
-others compute for themselves, once (a flood of identical requests with hopeless deadlines must not hand the
-computation from one to the next, waking all the rest each time).
+Each caller keeps its own deadline while it waits, and when the computing caller fails for a reason of its own
+(its deadline, or a 503 for its client's share of a full queue), the others compute for themselves, once (a flood
+of identical requests with hopeless deadlines must not hand the computation from one to the next, waking all the
+rest each time).
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from batchery.errors import DeadlineExceeded
+from batchery.errors import DeadlineExceeded, Overloaded
 
 #: Errors about the caller that computed, not about the computation: those waiting with it try on their own.
-_PERSONAL = (DeadlineExceeded,)
+#: Overloaded: a full queue refuses or sheds by client (the one with the longest backlog goes first), so the
+#: computing caller's 503 may be its own client's; a follower's own request may well be admitted.
+_PERSONAL = (DeadlineExceeded, Overloaded)
 
 
 class SingleFlight:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from batchery._version import __version__
+from batchery.cache import canonical_json
 from batchery.config import Settings
 from batchery.engine import Engine
 from batchery.errors import (
@@ -52,6 +53,23 @@ class InferRequest:
     #: Requested output names mapped to "send as binary"; empty: every output.
     outputs: dict[str, bool] = field(default_factory=dict)
     binary_output: bool = False
+
+
+def _canonical(raw: bytes, header_length: str | None) -> bytes:
+    """What a cached response depends on: the JSON header with sorted keys and without the request's `id` (which
+    many clients make unique per request), then the binary tensor data. `raw` was decoded already: it is valid."""
+    split = int(header_length) if header_length is not None else len(raw)
+    header = orjson.loads(raw[:split])
+    header.pop("id", None)
+    return canonical_json(header) + b"\0" + raw[split:]
+
+
+def _with_id(body: bytes, split: int, request_id: str | None) -> tuple[bytes, int]:
+    """`body` (a JSON object, then binary data when `split` is its length) with `request_id` as its first field."""
+    if request_id is None:
+        return body, split
+    field = b'"id":' + orjson.dumps(request_id) + b","
+    return body[:1] + field + body[1:], split + len(field) if split else 0
 
 
 def decode(body: bytes, header_length: str | None) -> InferRequest:
@@ -293,17 +311,17 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
             async def compute() -> bytes:
                 values, version = await serving.infer(request, handle, inputs)
                 results = outputs(values, _declared(handle, "tensor_outputs"))
-                body, split = encode(decoded, results, model=handle.name, version=version)
+                # Made without the request's id, which goes in below: an entry serves every id.
+                body, split = encode(replace(decoded, id=None), results, model=handle.name, version=version)
                 # A cached entry is bytes only: the JSON header's length (0: all JSON) travels in front.
                 return _SPLIT.pack(split or 0) + body
 
-            canonical = (header_length or "").encode() + b"\0" + raw
-            cached, cache = await serving.cached(request, handle, canonical, compute)
+            cached, cache = await serving.cached(request, handle, _canonical(raw, header_length), compute)
         except BatcheryError as exc:
             count_refusal(request, exc, engine)
             return error_response(exc)
         (split,) = _SPLIT.unpack_from(cached)
-        body = cached[_SPLIT.size :]
+        body, split = _with_id(cached[_SPLIT.size :], split, decoded.id)
         headers = {"X-Cache": cache} if cache is not None else {}
         if not split:
             return json_response(body, headers=headers)
