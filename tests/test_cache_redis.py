@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from batchery._http_client import Connection, RawResponse
-from batchery.testing import EchoModel, running_server
+from batchery.testing import EchoModel, SleepModel, running_server
 from redis_fixture import RedisServer
 from test_cache_memory import cache_events
 
@@ -141,3 +141,21 @@ async def test_a_stalled_event_loop_is_not_taken_for_redis_failing(
         events = cache_events((await http.get("/metrics")).text)
     assert not [r.getMessage() for r in caplog.records if r.name == "batchery.redis"]
     assert events.get(("echo", "redis", "error"), 0) == 0
+
+
+async def test_clearing_with_redis_hung_answers_503_at_once_and_clears_nothing(redis_server: RedisServer) -> None:
+    settings = {"cache": "echo=memory,sleep=redis", "redis_url": redis_server.url, "admin_api_key": "adm"}
+    models = [EchoModel(), SleepModel(0.01)]
+    async with running_server(models, **settings) as server, httpx.AsyncClient(base_url=server.url) as http:
+        await post(http, "kept")
+        assert (await post(http, "kept")).headers["x-cache"] == "hit"
+        redis_server.pause()
+        try:
+            started = time.monotonic()
+            cleared = await http.post("/admin/cache/clear", headers={"X-API-Key": "adm"}, timeout=30)
+            assert time.monotonic() - started < 5
+        finally:
+            redis_server.resume()
+        assert cleared.status_code == 503
+        assert cleared.json()["error"]["code"] == "backend_unavailable"
+        assert (await post(http, "kept")).headers["x-cache"] == "hit"  # the memory cache was not cleared first

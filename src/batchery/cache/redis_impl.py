@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 
-from redis.exceptions import RedisError
+from redis.asyncio import Redis
 
 from batchery.cache.keys import PREFIX
 from batchery.cache.link import RedisLink, RedisUnavailable
@@ -45,16 +46,26 @@ class RedisCache:
             await self.link.run(lambda redis: redis.set(key, value, px=self.ttl_ms))
 
     async def clear(self) -> None:
-        """Delete every batchery cache entry (an admin action: it scans the key space, so it has its own timeout)."""
-        redis = self.link.client
+        """Delete every batchery cache entry: a scan of the key space, each step within the link's timeout."""
+        cursor = 0
         try:
-            async with asyncio.timeout(30):
-                keys = [key async for key in redis.scan_iter(match=PREFIX + "*", count=1000)]
-                for start in range(0, len(keys), 1000):
-                    await redis.unlink(*keys[start : start + 1000])
-        except (TimeoutError, OSError, RedisError) as exc:
+            while True:
+                cursor, keys = await self.link.run(functools.partial(_scan, cursor=cursor))
+                if keys:
+                    await self.link.run(functools.partial(_unlink, keys=keys))
+                if not cursor:
+                    return
+        except RedisUnavailable as exc:
             raise BackendUnavailable(
-                f"redis at {self.link.where} did not answer ({exc!r}): the shared cache was not cleared; retry "
-                "once Redis is reachable",
+                f"{exc}: the shared cache was not cleared (or not all of it); retry once Redis is reachable",
                 retry_after=5.0,
             ) from exc
+
+
+async def _scan(redis: Redis, *, cursor: int) -> tuple[int, list[bytes | str]]:
+    found: tuple[int, list[bytes | str]] = await redis.scan(cursor, match=PREFIX + "*", count=1000)
+    return found
+
+
+async def _unlink(redis: Redis, *, keys: list[bytes | str]) -> None:
+    await redis.unlink(*keys)

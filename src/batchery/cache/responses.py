@@ -116,5 +116,7 @@ class ResponseCache:
             self.metrics.cache_event(model, backend, event)
 
     async def clear(self) -> None:
-        for backend in {id(b): b for b in self.backends.values()}.values():
+        """Clear every backend; Redis first, so that when it cannot be reached (503) nothing was cleared."""
+        backends = {id(b): b for b in self.backends.values()}.values()
+        for backend in sorted(backends, key=lambda b: b.backend != "redis"):
             await backend.clear()
