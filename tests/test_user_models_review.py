@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import sys
 from typing import Any
 
@@ -124,3 +125,21 @@ def test_infinite_numbers_are_refused_in_server_settings(name: str) -> None:
         Settings.load({name: math.inf}, env={})
     with pytest.raises(ConfigError, match=name):
         Settings.load(env={f"BATCHERY_{name.upper()}": "inf"})
+
+
+async def test_the_openapi_document_declares_every_path_parameter_and_names_the_served_models() -> None:
+    async with running_server([ExitsOnBad()]) as server, httpx.AsyncClient(base_url=server.url) as http:
+        document = (await http.get("/openapi.json")).json()
+    templated = 0
+    for path, operations in document["paths"].items():
+        for name in re.findall(r"{(\w+)}", path):
+            for method, operation in operations.items():
+                declared = {p["name"]: p for p in operation.get("parameters", []) if p["in"] == "path"}
+                assert name in declared, (method, path, name)
+                assert declared[name]["required"] is True
+                templated += 1
+    assert templated >= 11
+    predict = document["paths"]["/v1/models/{name}/predict"]["post"]
+    (name,) = [p for p in predict["parameters"] if p["name"] == "name"]
+    assert name["schema"]["example"] == "exits"
+    assert "exits" in name["description"]

@@ -9,6 +9,7 @@ Routes it does not know keep what FastAPI generated.
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 from fastapi import FastAPI
@@ -149,9 +150,12 @@ def describe(app: FastAPI) -> None:
         if app.openapi_schema is not None:
             return app.openapi_schema
         document = copy.deepcopy(generate())
+        engine = getattr(app.state, "engine", None)
+        served = sorted([*engine.handles, *engine.pipelines]) if engine is not None else []
         for path, operations in document.get("paths", {}).items():
             for method, operation in operations.items():
                 _complete(method, path, operation)
+                _declare_path_parameters(path, operation, served)
         app.openapi_schema = document
         return document
 
@@ -180,3 +184,20 @@ def _complete(method: str, path: str, operation: dict[str, Any]) -> None:
         error = {"anyOf": [KSERVE_ERROR, ERROR]}
     for status, description in _ERRORS.items():
         responses.setdefault(status, {"description": description, "content": _json(error)})
+
+
+def _declare_path_parameters(path: str, operation: dict[str, Any], served: list[str]) -> None:
+    """Declare the path's `{name}` and `{version}`: handlers that take the bare request declare nothing, which
+    leaves the document invalid and /docs without a field for them. `{name}` lists the served models."""
+    declared = {p.get("name") for p in operation.get("parameters", []) if p.get("in") == "path"}
+    for name in re.findall(r"{(\w+)}", path):
+        if name in declared:
+            continue
+        schema: dict[str, Any] = {"type": "string"}
+        if name == "name" and served:
+            schema["example"] = served[0]
+            description = f"The model (or pipeline) to use; this server serves {', '.join(served)}"
+        else:
+            description = "The model version (this server answers with the version it serves)"
+        parameter = {"name": name, "in": "path", "required": True, "schema": schema, "description": description}
+        operation.setdefault("parameters", []).append(parameter)
