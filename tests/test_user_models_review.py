@@ -143,3 +143,26 @@ async def test_the_openapi_document_declares_every_path_parameter_and_names_the_
     (name,) = [p for p in predict["parameters"] if p["name"] == "name"]
     assert name["schema"]["example"] == "exits"
     assert "exits" in name["description"]
+
+
+class DecodesBadly(Model):
+    """A defect in decode_request, not a refusal of the input: an IndexError."""
+
+    name = "decodes"
+
+    def decode_request(self, item: Any) -> Any:
+        if item == "defect":
+            return item.split()[5]
+        return item
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        return batch
+
+
+async def test_a_defect_in_decode_request_is_500_decode_failed_not_predict_failed() -> None:
+    async with running_server([DecodesBadly()]) as server, httpx.AsyncClient(base_url=server.url) as http:
+        defect = await http.post("/v1/models/decodes/predict", json={"inputs": ["fine", "defect"]})
+        assert defect.status_code == 500
+        assert defect.json()["error"]["code"] == "decode_failed"
+        assert "input 1" in defect.json()["error"]["message"]
+        assert (await http.post("/v1/models/decodes/predict", json={"input": "fine"})).status_code == 200

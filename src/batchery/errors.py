@@ -90,6 +90,13 @@ class PredictError(BatcheryError):
     code = "predict_failed"
 
 
+class DecodeError(BatcheryError):
+    """`decode_request` raised something other than ValueError, TypeError or KeyError (its way to refuse an input)."""
+
+    status = 500
+    code = "decode_failed"
+
+
 class ModelLoadError(BatcheryError):
     """A model could not be loaded or warmed up at start-up."""
 

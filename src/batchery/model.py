@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from batchery.errors import InvalidInput
+from batchery.errors import DecodeError, InvalidInput
 
 
 class Model:
@@ -72,6 +72,11 @@ def decode_all(decode: Callable[[Any], Any], inputs: Iterable[Any]) -> list[Any]
             decoded.append(decode(raw))
         except (ValueError, TypeError, KeyError) as exc:
             raise InvalidInput(f"input {index}: {exc}") from exc
+        except Exception as exc:  # a defect in decode_request, not a verdict on the input: not the client's 4xx
+            raise DecodeError(
+                f"decode_request failed on input {index}: {exc!r}. Hint: raise ValueError or TypeError for an "
+                "input it refuses (the client gets 422)"
+            ) from exc
     return decoded
 
 
