@@ -166,3 +166,32 @@ async def test_a_defect_in_decode_request_is_500_decode_failed_not_predict_faile
         assert defect.json()["error"]["code"] == "decode_failed"
         assert "input 1" in defect.json()["error"]["message"]
         assert (await http.post("/v1/models/decodes/predict", json={"input": "fine"})).status_code == 200
+
+
+class AsyncPredict(Model):
+    name = "async"
+
+    async def predict(self, batch: list[Any]) -> list[Any]:  # type: ignore[override]
+        return batch
+
+
+async def test_an_async_predict_is_refused_at_start_up_with_the_reason() -> None:
+    with pytest.raises(ConfigError, match="async predict; it must be a plain def"):
+        async with running_server([AsyncPredict()]):
+            pass
+
+
+class StringArrays(Model):
+    name = "strings"
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        import numpy as np
+
+        return [np.array([str(item), str(item).upper()]) for item in batch]
+
+
+async def test_numpy_arrays_of_strings_are_sent_as_lists() -> None:
+    async with running_server([StringArrays()]) as server, httpx.AsyncClient(base_url=server.url) as http:
+        answer = await http.post("/v1/models/strings/predict", json={"input": "ab"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["output"] == ["ab", "AB"]

@@ -208,6 +208,11 @@ class ModelHandle:
                 f"{where} has no {' or '.join(missing)} method. Hint: subclass batchery.Model, which provides "
                 "everything but predict"
             )
+        if inspect.iscoroutinefunction(self.prototype.predict):
+            raise ConfigError(
+                f"{where} has an async predict; it must be a plain def: batchery calls it on a worker thread of its "
+                "own, where it may block (async work belongs in a pipeline's async step)"
+            )
         for key in ("workers", "max_batch_size", "threads_per_worker", "max_queue_per_worker"):
             if getattr(self, key) < 1:  # also for values set as class attributes, which no spec checked
                 raise ConfigError(f"{where}: {key} must be >= 1, not {getattr(self, key)}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import logging
 import queue
 import threading
@@ -138,6 +139,12 @@ def checked_predict(model: Any, payloads: list[Any], model_name: str) -> list[An
     Warm-up checks with this too, so a model that passes warm-up cannot fail every request on its outputs' shape.
     """
     outputs = model.predict(payloads)
+    if inspect.iscoroutine(outputs):
+        outputs.close()  # never awaited: no "coroutine was never awaited" warning on top of this error
+        raise PredictError(
+            f"model '{model_name}' has an async predict; it must be a plain def: batchery calls it on a worker "
+            "thread of its own, where it may block (async work belongs in a pipeline's async step)"
+        )
     # An array (numpy, torch) of one row per input counts; a set (no order) or a table (iterates its columns)
     # does not.
     array = getattr(outputs, "ndim", 0) >= 1 and hasattr(outputs, "shape") and not hasattr(outputs, "columns")

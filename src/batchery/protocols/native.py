@@ -20,7 +20,7 @@ from batchery.cache import ResponseCache, canonical_json
 from batchery.config import Settings
 from batchery.engine import Engine, ModelHandle
 from batchery.errors import BadRequest, InvalidInput, PayloadTooLarge, PredictError
-from batchery.protocols.responses import json_response
+from batchery.protocols.responses import json_response, numpy_as_json
 from batchery.protocols.serving import cached, requesting_client
 
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
@@ -66,7 +66,7 @@ def encode(outputs: list[Any], single: bool, *, model: str, version: str) -> byt
     else:
         body["outputs"] = outputs
     try:
-        return orjson.dumps(body, option=_DUMPS_OPTIONS)
+        return orjson.dumps(body, default=numpy_as_json, option=_DUMPS_OPTIONS)
     except TypeError as exc:  # orjson.JSONEncodeError: an object JSON cannot hold
         raise PredictError(
             f"model '{model}' returned an output that cannot be sent as JSON ({exc}). Hint: return lists, numbers, "

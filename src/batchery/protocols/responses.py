@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import orjson
 from starlette.responses import Response
 
 from batchery.errors import BatcheryError
+
+
+def numpy_as_json(value: Any) -> Any:
+    """orjson's `default`: what its numpy support leaves out (arrays of strings or objects, strided arrays, some
+    scalar types) as plain lists and numbers. Called only for what orjson cannot write itself."""
+    if hasattr(value, "dtype") and callable(getattr(value, "tolist", None)):
+        return value.tolist()
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
 
 
 def json_response(body: bytes, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:

@@ -24,7 +24,7 @@ from batchery.batching.streaming import END, Stream, StreamingModel
 from batchery.config import Settings
 from batchery.engine import Engine
 from batchery.errors import BadRequest, BatcheryError, DeadlineExceeded, PredictError
-from batchery.protocols.responses import error_response
+from batchery.protocols.responses import error_response, numpy_as_json
 from batchery.protocols.serving import Serving, requesting_client
 
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
@@ -65,7 +65,7 @@ def decode(body: bytes) -> Any:
 
 def encode(partial: Any) -> bytes:
     """One partial result as one SSE event."""
-    return b"data: " + orjson.dumps(partial, option=_DUMPS_OPTIONS) + b"\n\n"
+    return b"data: " + orjson.dumps(partial, default=numpy_as_json, option=_DUMPS_OPTIONS) + b"\n\n"
 
 
 def encode_error(error: BatcheryError) -> bytes:
