@@ -27,6 +27,9 @@ MAX_CONNECTIONS = 64
 _GRACE_TURNS = 3
 #: A turn of the event loop longer than this means it has work queued (requests, other calls' answers).
 _BUSY_TURN = 0.002
+#: Timeouts a call waits in all on a busy loop before it counts as Redis failing, unless Redis answers others:
+#: Redis dying under load costs the requests in flight this long, not `retry_after`.
+_BUSY_PATIENCE = 4
 
 
 class RedisUnavailable(Exception):
@@ -99,17 +102,15 @@ class RedisLink:
           read what arrived, and only then is it given up.
         - A burst of requests (more calls than pooled connections, more work than the loop does in one turn):
           a call goes on waiting, one timeout at a time, as long as Redis answered another call since it began
-          or the loop is still busy, up to `retry_after` in all. Given up early, a rate limit would fall back to
-          this process' own buckets and let the burst through. Only a call on an idle loop that Redis has not
-          answered, with no other answer since it began, counts as Redis failing.
+          (up to `retry_after` in all) or the loop is still busy (up to `_BUSY_PATIENCE` timeouts). Given up
+          early, a rate limit would fall back to this process' own buckets and let the burst through.
         """
         task = asyncio.ensure_future(command(self.client))
         try:
             await asyncio.wait([task], timeout=self.timeout)
-            # Wait on, a timeout at a time, while Redis answers other calls or the loop is too busy to tell.
-            while not task.done() and time.monotonic() < started + self.retry_after:
-                if self._answered_at <= started and not await _loop_is_busy():
-                    break
+            # Wait on, a timeout at a time, while Redis answers other calls (up to `retry_after`) or, for a few
+            # timeouts more, while the loop is too busy to tell.
+            while not task.done() and not await self._give_up(started):
                 await asyncio.wait([task], timeout=self.timeout)
             for _ in range(_GRACE_TURNS):
                 if task.done():
@@ -123,6 +124,14 @@ class RedisLink:
             await asyncio.gather(task, return_exceptions=True)
             raise TimeoutError(f"no answer within {self.timeout * 1000:.0f} ms")
         return task.result()
+
+    async def _give_up(self, started: float) -> bool:
+        waited = time.monotonic() - started
+        if waited >= self.retry_after:
+            return True
+        if self._answered_at > started:  # Redis is answering: this call is only behind others
+            return False
+        return waited >= _BUSY_PATIENCE * self.timeout or not await _loop_is_busy()
 
     def _failed(self, exc: BaseException) -> None:
         self._failed_at = time.monotonic()
