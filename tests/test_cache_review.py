@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import tracemalloc
 from typing import Any
@@ -117,3 +118,56 @@ def test_the_memory_cache_holds_no_more_than_its_bound_of_small_responses() -> N
     finally:
         tracemalloc.stop()
     assert held <= 1.1 * cache.max_bytes, f"{held / cache.max_bytes:.2f}x the bound"  # it was 1.7x
+
+
+GATE = threading.Event()
+ADMIN = "admin-key"
+
+
+class Gated(Model):
+    """One worker; the input "block" holds it until GATE is set."""
+
+    name = "gated"
+    workers = 1
+    max_batch_size = 1
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        if batch == ["block"]:
+            GATE.wait(10)
+        return [[1.0, 0.0] for _ in batch]
+
+
+class GatedV2(Gated):
+    version = "2"
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        return [[0.0, 1.0] for _ in batch]
+
+
+async def test_an_embeddings_request_sharing_a_computation_names_the_version_that_made_it() -> None:
+    # "x" is keyed under version 1, queued behind a blocked batch, and computed by version 2 once a reload swaps
+    # the lanes; the identical request that shared its computation said version 1 (the version asked for).
+    GATE.clear()
+    async with (
+        running_server([Gated()], admin_api_key=ADMIN, cache="memory") as server,
+        httpx.AsyncClient(base_url=server.url, timeout=20) as http,
+    ):
+
+        def embed(text: str) -> asyncio.Task[httpx.Response]:
+            return asyncio.create_task(http.post("/v1/embeddings", json={"model": "gated", "input": text}))
+
+        blocker = embed("block")
+        await asyncio.sleep(0.2)  # the one worker is held
+        leader = embed("x")
+        await asyncio.sleep(0.05)
+        follower = embed("x")
+        await asyncio.sleep(0.05)
+        target = {"target": f"{__file__}:GatedV2"}
+        reloaded = await http.post("/admin/models/gated/reload", json=target, headers={"X-API-Key": ADMIN})
+        assert reloaded.status_code == 200, reloaded.text
+        GATE.set()
+        answers = await asyncio.gather(leader, follower, blocker)
+    for answer in answers[:2]:
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["data"][0]["embedding"] == [0.0, 1.0]  # computed by version 2
+        assert answer.headers["x-model-version"] == "2"

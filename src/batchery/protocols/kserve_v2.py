@@ -316,7 +316,7 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
                 # A cached entry is bytes only: the JSON header's length (0: all JSON) travels in front.
                 return _SPLIT.pack(split or 0) + body
 
-            cached, cache = await serving.cached(request, handle, _canonical(raw, header_length), compute)
+            cached, cache, _ = await serving.cached(request, handle, _canonical(raw, header_length), compute)
         except BatcheryError as exc:
             count_refusal(request, exc, engine)
             return error_response(exc)

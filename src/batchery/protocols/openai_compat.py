@@ -197,10 +197,9 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
             native = getattr(model, "dimensions", None)
             if dimensions is not None and isinstance(native, int) and native != dimensions:
                 raise _unsupported_dimensions(handle.name, native, dimensions)
-            headers = {"X-Model-Version": handle.version}
 
             async def compute() -> bytes:
-                outputs, headers["X-Model-Version"] = await serving.infer(request, handle, inputs)
+                outputs, _ = await serving.infer(request, handle, inputs)
                 # A tokenizer over many long texts takes a second or more: off the event loop, which serves
                 # every other request (and the probes) meanwhile. A few short texts take microseconds, less
                 # than the hop to a thread.
@@ -212,10 +211,12 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
                     outputs, model=handle.name, encoding=encoding, dimensions=dimensions, prompt_tokens=tokens
                 )
 
-            body, cache = await serving.cached(request, handle, canonical_json((inputs, encoding, dimensions)), compute)
+            canonical = canonical_json((inputs, encoding, dimensions))
+            body, cache, version = await serving.cached(request, handle, canonical, compute)
         except BatcheryError as exc:
             count_refusal(request, exc, engine)
             return encode_error(exc)
+        headers = {"X-Model-Version": version}  # the version that computed it, shared or stored included
         if cache is not None:
             headers["X-Cache"] = cache
         return json_response(body, headers=headers)

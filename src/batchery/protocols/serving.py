@@ -48,21 +48,25 @@ class Serving:
 
     async def cached(
         self, request: Request, handle: ModelHandle, canonical: bytes, compute: Callable[[], Awaitable[bytes]]
-    ) -> tuple[bytes, str | None]:
-        """The response bytes for `canonical` (the request's cacheable content) and "hit", "miss" or None (off)."""
+    ) -> tuple[bytes, str | None, str]:
+        """The response bytes for `canonical` (the request's cacheable content), "hit", "miss" or None (caching is
+        off), and the model version that made them (a shared computation's may differ from the one asked for)."""
         scope = request.scope
         scope[MODEL] = handle.name  # a hit computes nothing, and metrics and access logs still name the model
         responses = getattr(request.app.state, "responses", None)
-        if not self.caching or responses is None or not responses.enabled(handle.name):
-            return await compute(), None
         requested = handle.version
+        if not self.caching or responses is None or not responses.enabled(handle.name):
+            body = await compute()
+            return body, None, scope.get(COMPUTED_VERSION, requested)
 
         async def versioned() -> tuple[bytes, str]:
             body = await compute()
             return body, scope.get(COMPUTED_VERSION, requested)
 
-        body, hit, _ = await cached(responses, self.protocol, handle, canonical, versioned, self.deadline(request))
-        return body, "hit" if hit else "miss"
+        body, hit, version = await cached(
+            responses, self.protocol, handle, canonical, versioned, self.deadline(request)
+        )
+        return body, "hit" if hit else "miss", version
 
 
 async def cached(
