@@ -10,7 +10,7 @@ from batchery.cache import MemoryCache, SingleFlight, cache_key, canonical_json
 from batchery.cache import memory as memory_module
 from batchery.cache.link import RedisLink
 from batchery.config import Settings, cache_backends
-from batchery.errors import ConfigError
+from batchery.errors import ClientOverloaded, ConfigError, Overloaded
 
 
 def test_keys_ignore_key_order_and_separate_model_version_and_protocol() -> None:
@@ -121,3 +121,34 @@ def test_redis_log_lines_name_a_unix_socket_by_its_path_and_never_a_password() -
     assert RedisLink("unix:///run/redis/redis.sock?db=2", timeout=0.05).where == "/run/redis/redis.sock"
     link = RedisLink("redis://:secret@cache.internal:6380/0", timeout=0.05)
     assert link.where == "cache.internal:6380"
+
+
+@pytest.mark.parametrize(("error", "most_computations"), [(Overloaded, 1), (ClientOverloaded, 2)])
+async def test_a_full_queue_refuses_identical_requests_once_and_a_shed_client_is_retried_once(
+    error: type[Overloaded], most_computations: int
+) -> None:
+    # A plain full queue refuses everybody: 1,000 followers retrying one after another each took a turn of the
+    # loop and woke the rest (25 s of loop time for 3,000). Shedding is about the computing caller's own client:
+    # one follower computes for the others.
+    flights, calls, gate = SingleFlight(), 0, asyncio.Event()
+
+    async def compute() -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await gate.wait()
+        await asyncio.sleep(0)
+        raise error("queue full", retry_after=1.0)
+
+    async def one() -> int:
+        try:
+            await flights.do("k", compute)
+        except Overloaded:
+            return 503
+        return 200
+
+    requests = [asyncio.create_task(one()) for _ in range(1000)]
+    await asyncio.sleep(0.01)
+    gate.set()
+    assert set(await asyncio.gather(*requests)) == {503}
+    assert calls <= most_computations

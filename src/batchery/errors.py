@@ -62,6 +62,11 @@ class Overloaded(BatcheryError):
     code = "overloaded"
 
 
+class ClientOverloaded(Overloaded):
+    """Refused for this client's own share of a full queue: shed as the newest input of the longest backlog, or
+    refused because this client's queued inputs have waited too long. Another client's request may be admitted."""
+
+
 class NotReady(BatcheryError):
     """The server is starting up or draining."""
 

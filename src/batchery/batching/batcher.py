@@ -30,7 +30,7 @@ from batchery.batching.policy import ArrivalRate, CostModel, ReturningClients, w
 from batchery.batching.records import Batch, BatchResult, Item
 from batchery.batching.scheduler import DEFAULT_CLIENT, Scheduler
 from batchery.batching.streaming import Stream
-from batchery.errors import BatcheryError, DeadlineExceeded, Overloaded, PredictError
+from batchery.errors import BatcheryError, ClientOverloaded, DeadlineExceeded, Overloaded, PredictError
 from batchery.observer import NullObserver, Observer
 
 POLICIES = ("adaptive", "fixed")
@@ -145,15 +145,15 @@ class Batcher:
                 raise self._overloaded()
             for item in shed:
                 if not item.future.done():
-                    item.future.set_exception(self._overloaded())
+                    item.future.set_exception(self._overloaded(ClientOverloaded))
             self.stats.shed += len(shed)
             self.observer.rejected(self.name, "queue_full", len(shed))
         self.arrivals.observe(now, len(items))
         self.returning.arrived(len(items), now)
         self._dispatch()
 
-    def _overloaded(self) -> Overloaded:
-        return Overloaded(
+    def _overloaded(self, kind: type[Overloaded] = Overloaded) -> Overloaded:
+        return kind(
             f"model '{self.name}' has {len(self._queue)} inputs queued (limit {self.max_queue}); "
             "retry shortly or add replicas",
             retry_after=1.0,
@@ -180,7 +180,7 @@ class Batcher:
             return
         self.stats.rejected += len(items)
         self.observer.rejected(self.name, "queue_wait", len(items))
-        raise Overloaded(
+        raise ClientOverloaded(
             f"model '{self.name}' is overloaded: queued inputs have waited {(now - since) * 1000:.0f} ms "
             f"(limit {bound * 1000:.0f} ms); retry shortly or add replicas",
             retry_after=1.0,

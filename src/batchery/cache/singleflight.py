@@ -12,12 +12,13 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from batchery.errors import DeadlineExceeded, Overloaded
+from batchery.errors import ClientOverloaded, DeadlineExceeded
 
 #: Errors about the caller that computed, not about the computation: those waiting with it try on their own.
-#: Overloaded: a full queue refuses or sheds by client (the one with the longest backlog goes first), so the
-#: computing caller's 503 may be its own client's; a follower's own request may well be admitted.
-_PERSONAL = (DeadlineExceeded, Overloaded)
+#: ClientOverloaded: a full queue shed the computing caller's input for its own client's backlog, and a
+#: follower's request may well be admitted. A plain full queue (Overloaded) refuses everybody alike: handed on,
+#: not retried by each follower in turn.
+_PERSONAL = (DeadlineExceeded, ClientOverloaded)
 
 
 class SingleFlight:
