@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from batchery.config import Settings
-from batchery.errors import ConfigError
-from batchery.model import Model
+from batchery.errors import ConfigError, InvalidInput, PayloadTooLarge
+from batchery.model import Model, decode_all
 from batchery.testing import running_server
 
 
@@ -195,3 +195,12 @@ async def test_numpy_arrays_of_strings_are_sent_as_lists() -> None:
         answer = await http.post("/v1/models/strings/predict", json={"input": "ab"})
     assert answer.status_code == 200, answer.text
     assert answer.json()["output"] == ["ab", "AB"]
+
+
+@pytest.mark.parametrize("error", [InvalidInput("the image could not be decoded"), PayloadTooLarge("too big")])
+def test_decode_request_keeps_its_own_deliberate_errors(error: Exception) -> None:
+    def decode(item: Any) -> Any:
+        raise error
+
+    with pytest.raises(type(error)):  # not turned into 500 decode_failed
+        decode_all(decode, ["x"])

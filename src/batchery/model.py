@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from batchery.errors import DecodeError, InvalidInput
+from batchery.errors import BatcheryError, DecodeError, InvalidInput
 
 
 class Model:
@@ -72,6 +72,8 @@ def decode_all(decode: Callable[[Any], Any], inputs: Iterable[Any]) -> list[Any]
             decoded.append(decode(raw))
         except (ValueError, TypeError, KeyError) as exc:
             raise InvalidInput(f"input {index}: {exc}") from exc
+        except BatcheryError:  # decode_request's own verdict, with its status (413 for a huge image, say)
+            raise
         except Exception as exc:  # a defect in decode_request, not a verdict on the input: not the client's 4xx
             raise DecodeError(
                 f"decode_request failed on input {index}: {exc!r}. Hint: raise ValueError or TypeError for an "
