@@ -8,7 +8,7 @@ import pytest
 
 from batchery.cache import MemoryCache, SingleFlight, cache_key, canonical_json
 from batchery.cache import memory as memory_module
-from batchery.cache.link import RedisLink
+from batchery.cache.link import RedisLink, RedisUnavailable
 from batchery.config import Settings, cache_backends
 from batchery.errors import ClientOverloaded, ConfigError, Overloaded
 
@@ -152,3 +152,49 @@ async def test_a_full_queue_refuses_identical_requests_once_and_a_shed_client_is
     gate.set()
     assert set(await asyncio.gather(*requests)) == {503}
     assert calls <= most_computations
+
+
+async def test_a_call_in_flight_when_redis_stops_answering_gives_up_within_a_few_timeouts() -> None:
+    # Fake commands (nothing connects). A call that saw Redis answer another call once must not wait out the whole
+    # second of a burst's patience when no answer follows: Redis died.
+    link = RedisLink("redis://127.0.0.1:1", timeout=0.05)
+    hung: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def hangs(_: object) -> str:
+        return await hung
+
+    async def answered_soon(_: object) -> str:
+        await asyncio.sleep(0.01)
+        return "v"
+
+    in_flight = asyncio.create_task(link.run(hangs))
+    await asyncio.sleep(0)
+    await link.run(answered_soon)  # the last answer before Redis died
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(RedisUnavailable):
+        await in_flight
+    assert asyncio.get_running_loop().time() - started < 4 * 0.05 + 0.1
+    assert link.down
+
+
+async def test_a_call_stops_waiting_once_another_call_found_redis_failing() -> None:
+    link = RedisLink("redis://127.0.0.1:1", timeout=0.05)
+
+    async def hangs(_: object) -> str:
+        await asyncio.sleep(3600)
+        return "never"
+
+    async def answered_soon(_: object) -> str:
+        await asyncio.sleep(0.01)
+        return "v"
+
+    first = asyncio.create_task(link.run(hangs))
+    await asyncio.sleep(0)
+    await link.run(answered_soon)
+    with pytest.raises(RedisUnavailable):
+        await link.run(hangs)  # marks Redis down
+    assert link.down
+    marked = asyncio.get_running_loop().time()
+    with pytest.raises(RedisUnavailable):
+        await first
+    assert asyncio.get_running_loop().time() - marked < 0.1

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from batchery.errors import ConfigError
 
@@ -50,13 +50,16 @@ class RedisLink:
         self.retry_after = retry_after
         # More calls at once than pooled connections wait for one (within the call's timeout) instead of failing
         # at once: redis-py's default pool raises beyond its size, and a burst of requests would look like an
-        # outage. No socket or connect timeouts of redis-py's own: `_within_timeout` bounds every call, and a
-        # timer of their own would fire first after a busy loop. No client-side retries: a retry triples the
-        # wait on a dead server; the breaker below retries later.
+        # outage. redis-py's own socket timeouts are only a backstop, longer than `_within_timeout` ever waits:
+        # a timer of theirs would fire first after a busy loop, and without one a call cancelled mid-handshake
+        # could hang. No client-side retries: a retry triples the wait on a dead server; the breaker retries.
+        backstop = 2 * retry_after + 2 * timeout
         pool = BlockingConnectionPool.from_url(
             url,
             max_connections=MAX_CONNECTIONS,
             timeout=None,
+            socket_timeout=backstop,
+            socket_connect_timeout=backstop,
             retry=Retry(NoBackoff(), 0),
         )
         self.client: Redis = Redis(connection_pool=pool)
@@ -74,11 +77,9 @@ class RedisLink:
             raise RedisUnavailable(f"redis at {self.where} is marked down")
         try:
             result = await self._within_timeout(command, started)
+        except _LateBehindOthers as exc:  # not on a server that is down: only this call goes without Redis
+            raise RedisUnavailable(f"redis at {self.where}: {exc}") from exc
         except (TimeoutError, _redis_timeout()) as exc:
-            if self._answered_at > started:
-                # Redis answered other calls meanwhile: this one was late behind them (a burst of requests, a
-                # busy event loop), not on a server that is down. Only this call goes without Redis.
-                raise RedisUnavailable(f"redis at {self.where}: no answer in time for this call") from exc
             self._failed(exc)
             await self._drop_connections()
             raise RedisUnavailable(f"redis at {self.where}: {exc!r}") from exc
@@ -101,16 +102,27 @@ class RedisLink:
           first. So the command is not cancelled when the timer fires; its task gets the loop's next turns to
           read what arrived, and only then is it given up.
         - A burst of requests (more calls than pooled connections, more work than the loop does in one turn):
-          a call goes on waiting, one timeout at a time, as long as Redis answered another call since it began
-          (up to `retry_after` in all) or the loop is still busy (up to `_BUSY_PATIENCE` timeouts). Given up
-          early, a rate limit would fall back to this process' own buckets and let the burst through.
+          a call goes on waiting, one timeout at a time, while Redis keeps answering calls begun after it (up to
+          `retry_after` in all; then only this call gives up) or, with no answers, while the loop is busy (up to
+          `_BUSY_PATIENCE` timeouts). Given up early, a rate limit would fall back to this process' own buckets
+          and let the burst through. Otherwise a call without its answer after one timeout gives up and Redis
+          counts as failing, as it does at once when another call found it failing meanwhile. The price: a
+          Redis slower than the timeout that still answers a steady stream of calls is waited for (up to
+          `retry_after` a call), not bypassed.
         """
         task = asyncio.ensure_future(command(self.client))
+        verdict = None
         try:
+            due = time.monotonic() + self.timeout
             await asyncio.wait([task], timeout=self.timeout)
-            # Wait on, a timeout at a time, while Redis answers other calls (up to `retry_after`) or, for a few
-            # timeouts more, while the loop is too busy to tell.
-            while not task.done() and not await self._give_up(started):
+            while not task.done():
+                # A timer that fired well after it was due: the loop was held (the answer may not even have been
+                # asked for yet). The call gets a fresh timeout on a loop that runs again.
+                stalled = time.monotonic() - due > self.timeout / 2
+                verdict = await self._verdict(started, stalled)
+                if verdict is not None:
+                    break
+                due = time.monotonic() + self.timeout
                 await asyncio.wait([task], timeout=self.timeout)
             for _ in range(_GRACE_TURNS):
                 if task.done():
@@ -118,20 +130,33 @@ class RedisLink:
                 await asyncio.sleep(0)
         except BaseException:  # the request itself was cancelled (its client hung up): so is its Redis call
             task.cancel()
+            task.add_done_callback(_retrieve)
             raise
         if not task.done():
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            raise TimeoutError(f"no answer within {self.timeout * 1000:.0f} ms")
+            task.add_done_callback(_retrieve)
+            # Cancelled mid-handshake, redis-py may take until its backstop timeout to let go: not this request.
+            await asyncio.wait([task], timeout=self.timeout)
+            message = f"no answer within {(time.monotonic() - started) * 1000:.0f} ms"
+            raise (_LateBehindOthers if verdict == "late" else TimeoutError)(message)
         return task.result()
 
-    async def _give_up(self, started: float) -> bool:
-        waited = time.monotonic() - started
-        if waited >= self.retry_after:
-            return True
-        if self._answered_at > started:  # Redis is answering: this call is only behind others
-            return False
-        return waited >= _BUSY_PATIENCE * self.timeout or not await _loop_is_busy()
+    async def _verdict(self, started: float, stalled: bool) -> str | None:
+        """None: wait one more timeout. "late": give up on this call only (Redis kept answering calls begun after
+        it: a burst's queue). "slow": give up, and Redis counts as failing."""
+        now = time.monotonic()
+        waited = now - started
+        # Redis answered a call begun after this one, and did so within the last timeout (not before it died).
+        answering = self._answered_at > started and now - self._answered_at < self.timeout
+        if self._failed_at > started:  # another call found Redis failing meanwhile
+            return "slow"
+        if waited >= self.retry_after - self.timeout:
+            return "late" if answering else "slow"
+        if stalled or answering:
+            return None
+        if not await _loop_is_busy():  # an idle loop is not what delays the answer
+            return "slow"
+        return "slow" if waited >= _BUSY_PATIENCE * self.timeout else None
 
     def _failed(self, exc: BaseException) -> None:
         self._failed_at = time.monotonic()
@@ -156,11 +181,21 @@ class RedisLink:
 
     async def close(self) -> None:
         try:
-            await self.client.aclose()
-            # A pool handed to the client is not the client's to close: every pooled connection is closed here.
-            await self.client.connection_pool.disconnect()
-        except Exception as exc:  # closing a dead connection must not fail a shutdown
+            async with asyncio.timeout(max(1.0, 4 * self.timeout)):
+                await self.client.aclose()
+                # A pool handed to the client is not the client's to close: every pooled connection is closed here.
+                await self.client.connection_pool.disconnect()
+        except Exception as exc:  # closing a dead connection must not fail (or hold up) a shutdown
             log.debug("closing redis: %r", exc)
+
+
+class _LateBehindOthers(TimeoutError):
+    """A call given up while Redis kept answering others: a burst's queue, not Redis failing."""
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # read: no "exception was never retrieved" for a call already given up
 
 
 async def _loop_is_busy() -> bool:
