@@ -518,3 +518,14 @@ async def test_last_progress_line_divides_by_its_own_window() -> None:
     assert seen[-1].elapsed > 1.2
     # About 50 answers in the last quarter second: 200 req/s, not 50 (that count over a whole second).
     assert seen[-1].recent_rate > 120
+
+
+async def test_a_trace_counts_every_answer_over_its_run() -> None:
+    # A trace's run ends with its last answer: counting only answers before its last arrival gave a burst trace
+    # (every arrival at 0) a throughput of 0.
+    async with running_server([EchoModel()]) as server:
+        url = f"{server.url}/v1/models/echo/predict"
+        m = await measure(LoadSpec(url, [b'{"input": 1}'], connections=8, arrivals=[0.0] * 8, warmup=0))
+    result = report.summarize(m)
+    assert result.ok == 8
+    assert result.throughput == pytest.approx(8 / m.wall_seconds)

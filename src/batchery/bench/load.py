@@ -56,10 +56,10 @@ class Measurement:
     transport_errors: Counter[str] = field(default_factory=Counter)
     client_cpu_seconds: float = 0.0
     interrupted: bool = False
-    #: Open loop and traces: 2xx answers that arrived within the measured window, whenever they were sent, and
+    #: Open loop at a rate: 2xx answers that arrived within the measured window, whenever they were sent, and
     #: those of them within the deadline. Past saturation, answers to the window's requests go on arriving
     #: after it (a queue drains): counted as the window's, they would make throughput exceed what the server
-    #: computes. None in closed loop, where every answer counted arrives within the window.
+    #: computes. None in closed loop and for traces, whose window runs to the last answer.
     ok_in_window: int | None = None
     good_in_window: int | None = None
 
@@ -87,7 +87,7 @@ class _Run:
     def __init__(self, spec: LoadSpec, on_progress: ProgressCallback | None) -> None:
         self.spec = spec
         self.result = Measurement(spec)
-        if spec.open_loop:
+        if spec.rate is not None:  # traces and closed loops are measured to their last answer: all count
             self.result.ok_in_window = self.result.good_in_window = 0
         self.on_progress = on_progress
         self.start = time.perf_counter()
@@ -126,7 +126,7 @@ class _Run:
         success = status is not None and 200 <= status < 300
         if success and len(self.window) < 2000:
             self.window.append(latency_ms)
-        if success and self.spec.open_loop and not self.stopped and self.measure_from <= now <= self.stop_at:
+        if success and self.spec.rate is not None and not self.stopped and self.measure_from <= now <= self.stop_at:
             self._answered_in_window(latency_ms)
         if sent_at < self.measure_from or self.stopped:
             return  # warm-up, or an answer that came after the run had ended
