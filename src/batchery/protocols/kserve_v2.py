@@ -10,6 +10,7 @@ gzip` or `deflate` (tritonclient's `request_compression_algorithm`); its size li
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 from dataclasses import dataclass, field, replace
@@ -316,7 +317,8 @@ def routes(engine: Engine, settings: Settings) -> APIRouter:
                 # A cached entry is bytes only: the JSON header's length (0: all JSON) travels in front.
                 return _SPLIT.pack(split or 0) + body
 
-            cached, cache, _ = await serving.cached(request, handle, _canonical(raw, header_length), compute)
+            key = functools.partial(_canonical, raw, header_length)  # parsed again only when caching is on
+            cached, cache, _ = await serving.cached(request, handle, key, compute)
         except BatcheryError as exc:
             count_refusal(request, exc, engine)
             return error_response(exc)

@@ -47,10 +47,15 @@ class Serving:
         return outputs, version
 
     async def cached(
-        self, request: Request, handle: ModelHandle, canonical: bytes, compute: Callable[[], Awaitable[bytes]]
+        self,
+        request: Request,
+        handle: ModelHandle,
+        canonical: bytes | Callable[[], bytes],
+        compute: Callable[[], Awaitable[bytes]],
     ) -> tuple[bytes, str | None, str]:
-        """The response bytes for `canonical` (the request's cacheable content), "hit", "miss" or None (caching is
-        off), and the model version that made them (a shared computation's may differ from the one asked for)."""
+        """The response bytes for `canonical` (the request's cacheable content, or a function making it, called
+        only when caching is on), "hit", "miss" or None (caching is off), and the model version that made them (a
+        shared computation's may differ from the one asked for)."""
         scope = request.scope
         scope[MODEL] = handle.name  # a hit computes nothing, and metrics and access logs still name the model
         responses = getattr(request.app.state, "responses", None)
@@ -63,9 +68,8 @@ class Serving:
             body = await compute()
             return body, scope.get(COMPUTED_VERSION, requested)
 
-        body, hit, version = await cached(
-            responses, self.protocol, handle, canonical, versioned, self.deadline(request)
-        )
+        key = canonical() if callable(canonical) else canonical
+        body, hit, version = await cached(responses, self.protocol, handle, key, versioned, self.deadline(request))
         return body, "hit" if hit else "miss", version
 
 
