@@ -204,3 +204,18 @@ def test_decode_request_keeps_its_own_deliberate_errors(error: Exception) -> Non
 
     with pytest.raises(type(error)):  # not turned into 500 decode_failed
         decode_all(decode, ["x"])
+
+
+async def test_class_attributes_that_used_to_work_still_do() -> None:
+    import numpy as np
+
+    from batchery.spec import ModelSpec, Served
+
+    unnamed = _with(name="", max_batch_size=np.int64(16))  # "" falls back to the class name; numpy's integers
+    overridden = Served(_with(max_batch_size=0), ModelSpec(max_batch_size=8))  # the file's setting is the one read
+    async with running_server([unnamed]) as server, httpx.AsyncClient(base_url=server.url) as http:
+        listed = {m["name"]: m for m in (await http.get("/v1/models")).json()["models"]}
+        assert listed["tuned"]["max_batch_size"] == 16
+    async with running_server([overridden]) as server, httpx.AsyncClient(base_url=server.url) as http:
+        listed = {m["name"]: m for m in (await http.get("/v1/models")).json()["models"]}
+        assert listed["tuned"]["max_batch_size"] == 8

@@ -125,7 +125,7 @@ class ModelHandle:
         spec = spec or ModelSpec()
         spec = spec.merged(from_env(spec.name or model_name(model)))
 
-        attributes = ModelSpec.from_attributes(model)
+        attributes = ModelSpec.from_attributes(model, spec)
 
         def setting(key: str, default: Any) -> Any:
             value = getattr(spec, key)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import numbers
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -55,9 +56,13 @@ def _typed(key: str, value: Any, where: str) -> Any:
             return kind(value)
         except ValueError:
             pass
-    elif isinstance(value, kind) and not isinstance(value, bool):
+    elif isinstance(value, bool):
+        pass
+    elif isinstance(value, kind):
         return value
-    elif kind is float and isinstance(value, int) and not isinstance(value, bool):
+    elif kind is int and isinstance(value, numbers.Integral):  # numpy's integers, say
+        return int(value)
+    elif kind is float and isinstance(value, numbers.Real):
         return float(value)
     article = "an integer" if kind is int else "a number" if kind is float else "a string"
     hint = ' (quote it: "...")' if kind is str and isinstance(value, (int, float)) else ""
@@ -118,11 +123,17 @@ class ModelSpec:
             raise ConfigError(f"{where}: {exc.message}") from exc
 
     @classmethod
-    def from_attributes(cls, model: Any) -> ModelSpec:
+    def from_attributes(cls, model: Any, overridden: ModelSpec | None = None) -> ModelSpec:
         """The settings `model`'s class sets as attributes, checked as strictly as a config file's: 2.5 never
-        becomes 2, 0 workers is refused, not taken for "unset". None stands for unset. The name and version keep
-        their own, looser reading (a number is taken as its text)."""
-        values = {key: getattr(model, key) for key in OVERRIDABLE if getattr(model, key, None) is not None}
+        becomes 2, 0 workers is refused, not taken for "unset". None (and an empty name) stand for unset; those
+        `overridden` sets are not read at all. The name and version keep their own, looser reading (a number is
+        taken as its text)."""
+        values = {
+            key: getattr(model, key)
+            for key in OVERRIDABLE
+            if getattr(model, key, None) not in (None, "")
+            and (overridden is None or getattr(overridden, key) is None)
+        }
         for key in ("name", "version"):
             if key in values:
                 values[key] = str(values[key])
