@@ -12,9 +12,11 @@ import httpx
 import pytest
 
 from batchery.config import Settings
-from batchery.errors import ConfigError, InvalidInput, PayloadTooLarge
+from batchery.errors import ConfigError, InvalidInput, ModelLoadError, PayloadTooLarge
+from batchery.handle import ModelHandle
 from batchery.model import Model, decode_all
 from batchery.testing import running_server
+from batchery.workers.process import ProcessModel
 
 
 class ExitsOnBad(Model):
@@ -219,3 +221,28 @@ async def test_class_attributes_that_used_to_work_still_do() -> None:
     async with running_server([overridden]) as server, httpx.AsyncClient(base_url=server.url) as http:
         listed = {m["name"]: m for m in (await http.get("/v1/models")).json()["models"]}
         assert listed["tuned"]["max_batch_size"] == 8
+
+
+class AsyncStreaming(AsyncPredict):
+    stream = True
+
+
+@pytest.mark.parametrize("wrap", [lambda model: ProcessModel(model), lambda model: AsyncStreaming()])
+def test_an_async_predict_behind_a_wrapper_is_refused(wrap: Any) -> None:
+    with pytest.raises(ConfigError, match="async predict"):
+        ModelHandle(wrap(AsyncPredict()), total_cores=1)
+
+
+class PlainEcho(Model):
+    name = "async"  # the name AsyncPredict serves under
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        return list(batch)
+
+
+async def test_a_hot_reload_to_an_async_predict_is_refused_and_the_serving_version_stays() -> None:
+    async with running_server([PlainEcho()]) as server, httpx.AsyncClient(base_url=server.url) as http:
+        with pytest.raises(ModelLoadError, match="async predict"):
+            await server.engine.reload("async", prototype=AsyncPredict())
+        response = await http.post("/v1/models/async/predict", json={"input": "x"})
+        assert response.status_code == 200, response.text

@@ -85,6 +85,26 @@ class Source:
             self.fingerprint = code_fingerprint(self.prototype, self.files)
 
 
+def check_methods(prototype: Any, where: str) -> None:
+    """Refuse a model without the methods requests need, or with an async `predict` (also behind a wrapper)."""
+    missing = [
+        method
+        for method in ("predict(batch)", "decode_request(item)", "encode_response(output)")
+        if not callable(getattr(prototype, method.split("(")[0], None))
+    ]
+    if missing:
+        raise ConfigError(
+            f"{where} has no {' or '.join(missing)} method. Hint: subclass batchery.Model, which provides "
+            "everything but predict"
+        )
+    wrapped = prototype.model if isinstance(prototype, StreamingModel | ProcessModel) else prototype
+    if inspect.iscoroutinefunction(getattr(wrapped, "predict", None)):
+        raise ConfigError(
+            f"{where} has an async predict; it must be a plain def: batchery calls it on a worker thread of its "
+            "own, where it may block (async work belongs in a pipeline's async step)"
+        )
+
+
 def code_fingerprint(prototype: Any, files: Sequence[str] = ()) -> str:
     """A digest of the code a version runs: its class's name and the bytes of its files (the served file, else
     the module that defines its class). Cached responses are keyed by it as well as by the version label, so
@@ -198,21 +218,7 @@ class ModelHandle:
     def _validate(self) -> None:
         where = f"model '{self.name}'"
         check_name(self.name)  # also a class's `name`, which no spec checked
-        missing = [
-            method
-            for method in ("predict(batch)", "decode_request(item)", "encode_response(output)")
-            if not callable(getattr(self.prototype, method.split("(")[0], None))
-        ]
-        if missing:
-            raise ConfigError(
-                f"{where} has no {' or '.join(missing)} method. Hint: subclass batchery.Model, which provides "
-                "everything but predict"
-            )
-        if inspect.iscoroutinefunction(self.prototype.predict):
-            raise ConfigError(
-                f"{where} has an async predict; it must be a plain def: batchery calls it on a worker thread of its "
-                "own, where it may block (async work belongs in a pipeline's async step)"
-            )
+        check_methods(self.prototype, where)
         for key in ("workers", "max_batch_size", "threads_per_worker", "max_queue_per_worker"):
             if getattr(self, key) < 1:  # also for values set as class attributes, which no spec checked
                 raise ConfigError(f"{where}: {key} must be >= 1, not {getattr(self, key)}")
@@ -315,6 +321,10 @@ class ModelHandle:
         if self.status != "ready":
             raise Conflict(f"model '{self.name}' is {self.status}, not serving: reload it once it is ready")
         prototype = _streaming(prototype)
+        try:
+            check_methods(prototype, f"the new version of model '{self.name}'")
+        except ConfigError as exc:
+            raise self._failed(ModelLoadError(exc.message)) from exc
         declared = str(getattr(prototype, "version", "") or "")
         if version:
             label = version
