@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 import urllib.request
 from collections.abc import Callable
@@ -23,6 +24,7 @@ def overload(results: dict[str, Any], duration: float, log_dir: Path, log: Calla
     capacity = embed["64"]["throughput"]
     unloaded_p99 = embed["1"]["p99_ms"]
     peer = PEERS_ALL["batchery"]
+    _allow_open_files(2 * OVERLOAD_CONNECTIONS + 256)  # the generator's sockets; the server inherits the limit
     with running(peer, "embed", Knobs(), log_dir) as server:
         body_list = bodies("native", "embed")
         loadgen.closed_loop(server.url, body_list, 16, 2.0)
@@ -56,6 +58,15 @@ def overload(results: dict[str, Any], duration: float, log_dir: Path, log: Calla
     )
     log(f"  overload: {out}")
     return out
+
+
+def _allow_open_files(count: int) -> None:
+    """Raise this process' soft limit on open files towards `count` (at most its hard limit): with the common
+    default of 1,024, the scenario would measure EMFILE errors instead of overload."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = count if hard == resource.RLIM_INFINITY else min(count, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def memory(total: int, log_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:
