@@ -131,8 +131,7 @@ class ModelSpec:
         values = {
             key: getattr(model, key)
             for key in OVERRIDABLE
-            if getattr(model, key, None) not in (None, "")
-            and (overridden is None or getattr(overridden, key) is None)
+            if getattr(model, key, None) not in (None, "") and (overridden is None or getattr(overridden, key) is None)
         }
         for key in ("name", "version"):
             if key in values:
