@@ -22,14 +22,14 @@ from typing import Any
 
 from batchery import cores
 from batchery.batching.batcher import POLICIES, Batcher
-from batchery.batching.lane import Lane, checked_predict
+from batchery.batching.lane import ASYNC_PREDICT, Lane, checked_predict
 from batchery.batching.oom import predict_splitting
 from batchery.batching.streaming import StreamingModel
 from batchery.errors import ConfigError, Conflict, ModelLoadError, describe
 from batchery.gpu import NVML, GpuReading, device_index
 from batchery.model import model_name
 from batchery.observer import Observer
-from batchery.spec import OVERRIDABLE, ModelSpec, check_name, check_thread_budget, from_env, resolve_devices
+from batchery.spec import ModelSpec, check_name, check_thread_budget, from_env, resolve_devices
 from batchery.workers.process import ProcessModel, lane_restarts
 
 log = logging.getLogger("batchery.engine")
@@ -99,10 +99,7 @@ def check_methods(prototype: Any, where: str) -> None:
         )
     wrapped = prototype.model if isinstance(prototype, StreamingModel | ProcessModel) else prototype
     if inspect.iscoroutinefunction(getattr(wrapped, "predict", None)):
-        raise ConfigError(
-            f"{where} has an async predict; it must be a plain def: batchery calls it on a worker thread of its "
-            "own, where it may block (async work belongs in a pipeline's async step)"
-        )
+        raise ConfigError(f"{where} {ASYNC_PREDICT}")
 
 
 def code_fingerprint(prototype: Any, files: Sequence[str] = ()) -> str:
@@ -150,7 +147,7 @@ class ModelHandle:
         def setting(key: str, default: Any) -> Any:
             value = getattr(spec, key)
             if value is None:
-                value = getattr(attributes, key) if key in OVERRIDABLE else getattr(model, key, None)
+                value = getattr(attributes, key)
             return value if value is not None else default
 
         self.spec = spec

@@ -26,6 +26,11 @@ from batchery.errors import PredictError
 log = logging.getLogger("batchery.lane")
 
 _STOP = object()
+#: Why an async `predict` is refused (at start-up and reload, and if a plain one returns a coroutine).
+ASYNC_PREDICT = (
+    "has an async predict; it must be a plain def: batchery calls it on a worker thread of its own, where it may "
+    "block (async work belongs in a pipeline's async step)"
+)
 
 
 class Lane:
@@ -141,10 +146,7 @@ def checked_predict(model: Any, payloads: list[Any], model_name: str) -> list[An
     outputs = model.predict(payloads)
     if inspect.iscoroutine(outputs):
         outputs.close()  # never awaited: no "coroutine was never awaited" warning on top of this error
-        raise PredictError(
-            f"model '{model_name}' has an async predict; it must be a plain def: batchery calls it on a worker "
-            "thread of its own, where it may block (async work belongs in a pipeline's async step)"
-        )
+        raise PredictError(f"model '{model_name}' {ASYNC_PREDICT}")
     # An array (numpy, torch) of one row per input counts; a set (no order) or a table (iterates its columns)
     # does not.
     array = getattr(outputs, "ndim", 0) >= 1 and hasattr(outputs, "shape") and not hasattr(outputs, "columns")

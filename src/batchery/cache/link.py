@@ -79,11 +79,7 @@ class RedisLink:
             result = await self._within_timeout(command, started)
         except _LateBehindOthers as exc:  # not on a server that is down: only this call goes without Redis
             raise RedisUnavailable(f"redis at {self.where}: {exc}") from exc
-        except (TimeoutError, _redis_timeout()) as exc:
-            self._failed(exc)
-            await self._drop_connections()
-            raise RedisUnavailable(f"redis at {self.where}: {exc!r}") from exc
-        except (OSError, _redis_errors()) as exc:
+        except (TimeoutError, OSError, _redis_errors()) as exc:  # redis-py's own TimeoutError is a RedisError
             self._failed(exc)
             await self._drop_connections()
             raise RedisUnavailable(f"redis at {self.where}: {exc!r}") from exc
@@ -203,12 +199,6 @@ async def _loop_is_busy() -> bool:
     before = time.monotonic()
     await asyncio.sleep(0)
     return time.monotonic() - before > _BUSY_TURN
-
-
-def _redis_timeout() -> type[Exception]:
-    from redis.exceptions import TimeoutError as RedisTimeout
-
-    return RedisTimeout
 
 
 def _redis_errors() -> type[Exception]:
